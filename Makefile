@@ -1,0 +1,39 @@
+# Tern's entry points. `make demo` and `make test` work alone on a fresh machine:
+# each runs `make setup` first.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+OUT := $(CURDIR)/out
+export PATH := /usr/local/go/bin:$(PATH)
+
+.PHONY: setup build examples demo test test-unit fuzz bench clean
+
+# setup installs what the project needs from Debian (idempotent: apt only runs when
+# something is missing) and fetches the Go modules.
+setup:
+	@bash scripts/setup.sh
+
+build:
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/ ./cmd/...
+
+# examples builds the example app and signs its package with a development key made
+# on the spot (out/dev.key), the way an app developer starts.
+examples: build
+	@bash scripts/examples.sh $(OUT)
+
+demo: setup examples
+	@bash scripts/demo.sh $(OUT)
+
+# test runs the whole suite, fuzz targets briefly included. Tests need root (runc).
+test: setup
+	@bash scripts/test.sh
+
+fuzz:
+	@FUZZTIME=60s bash scripts/fuzz.sh
+
+bench: setup
+	$(GO) test -run='^$$' -bench=. -benchtime=3x ./internal/... 
+
+clean:
+	rm -rf $(BIN) $(OUT)
