@@ -21,6 +21,10 @@ type ReadOptions struct {
 	// SkipSignatures reads a package without deciding whom to trust, for inspect.
 	// The structure and every digest are still checked.
 	SkipSignatures bool
+	// Admit, if set, is asked once the signed manifest is verified and before any
+	// blob is read: a device refuses a package its policy forbids (a held device,
+	// another platform) before it stores a byte of it.
+	Admit func(*PackageManifest) error
 }
 
 // BlobSink receives a package's blobs, in package order, once the manifest is verified.
@@ -57,7 +61,8 @@ type Package struct {
 // entry, truncation, oversized entry, digest or size mismatch, bad signature) is
 // refused with its own error kind.
 func Read(r io.Reader, opts ReadOptions, sink BlobSink) (*Package, error) {
-	tr := tar.NewReader(r)
+	cr := &countReader{r: r}
+	tr := tar.NewReader(cr)
 	p := &Package{}
 
 	format, err := readSmallEntry(tr, EntryFormat, len(FormatLine)+64, nil)
@@ -84,6 +89,11 @@ func Read(r io.Reader, opts ReadOptions, sink BlobSink) (*Package, error) {
 	if p.Envelope, err = trust.ParseEnvelope(sig); err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrSignature, EntrySig, err)
 	}
+	// Signatures cover the payload, not the envelope's JSON: only the form tern writes
+	// is accepted, so a package's bytes cannot change while its signatures still hold.
+	if canon, err := p.Envelope.Marshal(); err != nil || !bytes.Equal(canon, sig) {
+		return nil, fmt.Errorf("%w: %s is not in canonical form", ErrSignature, EntrySig)
+	}
 	if !bytes.Equal(p.Envelope.Payload, p.ManifestJSON) {
 		return nil, fmt.Errorf("%w: %s does not sign this %s", ErrSignature, EntrySig, EntryManifest)
 	}
@@ -97,6 +107,11 @@ func Read(r io.Reader, opts ReadOptions, sink BlobSink) (*Package, error) {
 		return nil, fmt.Errorf("%w: unsigned, or not a signed app manifest (payload type %q)", ErrSignature, p.Envelope.PayloadType)
 	}
 
+	if opts.Admit != nil {
+		if err := opts.Admit(p.Manifest); err != nil {
+			return nil, err
+		}
+	}
 	blobs := p.Manifest.Blobs()
 	inManifest := map[string]bool{}
 	for _, d := range blobs {
@@ -122,6 +137,7 @@ func Read(r io.Reader, opts ReadOptions, sink BlobSink) (*Package, error) {
 			return nil, fmt.Errorf("blob %s: %w", d.Digest, err)
 		}
 	}
+	end := cr.n
 	if hdr, err := tr.Next(); err == nil {
 		if seen[hdr.Name] {
 			return nil, fmt.Errorf("%w: %q after the last blob", ErrDuplicateEntry, hdr.Name)
@@ -130,7 +146,25 @@ func Read(r io.Reader, opts ReadOptions, sink BlobSink) (*Package, error) {
 	} else if !errors.Is(err, io.EOF) {
 		return nil, tarError(err)
 	}
+	// archive/tar also says io.EOF when the stream stops inside the last blob's padding
+	// or its end-of-archive blocks; a whole package ends with two zero blocks.
+	if cr.n-end < 2*512 {
+		return nil, fmt.Errorf("%w: no end-of-archive marker after the last blob", ErrTruncated)
+	}
 	return p, nil
+}
+
+// countReader counts the bytes read through it. It has no Seek method, so archive/tar
+// reads, rather than skips, padding and end-of-archive blocks, and they are counted.
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // nextEntry reads the next header and checks it is the regular file want.

@@ -65,11 +65,13 @@ func (m *Manifest) ApplyDefaults() {
 		m.Probation = Duration(DefaultProbation)
 	}
 	if h := m.Health; h != nil {
+		// A default never makes the timeout exceed the interval: that would turn a
+		// valid tern.yaml into an invalid signed manifest.
 		if h.Interval == 0 {
-			h.Interval = Duration(DefaultHealthInterval)
+			h.Interval = max(Duration(DefaultHealthInterval), h.Timeout)
 		}
 		if h.Timeout == 0 {
-			h.Timeout = Duration(DefaultHealthTimeout)
+			h.Timeout = min(Duration(DefaultHealthTimeout), h.Interval)
 		}
 		if h.Retries == 0 {
 			h.Retries = DefaultHealthRetries
@@ -184,7 +186,7 @@ func (m *Manifest) Validate() error {
 	if r.Memory != 0 && r.Memory < 4<<20 {
 		bad("resources.memory %s: at least 4Mi", r.Memory)
 	}
-	if r.CPU < 0 || r.CPU > 1024 {
+	if !(r.CPU >= 0 && r.CPU <= 1024) { // written so NaN is refused too
 		bad("resources.cpu %g: want 0-1024 cores", r.CPU)
 	}
 	if r.Pids < 0 {

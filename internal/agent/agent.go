@@ -1,0 +1,306 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	goruntime "runtime"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/tern-iot/tern/internal/app"
+	"github.com/tern-iot/tern/internal/runtime"
+	"github.com/tern-iot/tern/internal/trust"
+)
+
+// Errors a client of the agent acts on.
+var (
+	ErrAlreadyInstalled = errors.New("app already installed")
+	ErrRefused          = errors.New("refused by device policy")
+)
+
+// Config is ternd's configuration.
+type Config struct {
+	DataDir          string            // state.db, blobs, layers, apps, volumes, logs
+	Keys             []trust.PublicKey // trusted release keys
+	AllowHostNetwork bool              // let apps ask for network: host
+	RuncPath         string            // "" finds runc in PATH
+	RuncRoot         string            // runc --root; "" is /run/tern/runc
+	MonitorPath      string            // "" finds tern-monitor beside ternd or in PATH
+	CgroupParent     string            // "" is /tern
+	Logger           *slog.Logger
+}
+
+// Agent is ternd's core: it owns the store, the content, the runtime and one
+// supervisor per app that should run.
+type Agent struct {
+	cfg     Config
+	store   *Store
+	content *Content
+	rt      *runtime.Runtime
+	log     *slog.Logger
+
+	ctx    context.Context // lives until Close; supervisors run under it
+	cancel context.CancelFunc
+
+	mu sync.Mutex // serializes install, remove, GC and lifecycle verbs
+
+	supsMu sync.Mutex // guards sups, so ps never waits for an install
+	sups   map[string]*supervisor
+
+	backoffBase time.Duration // first restart delay; tests shorten it
+}
+
+// New opens the agent's state in cfg.DataDir. Call Boot to adopt or start apps.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, err
+	}
+	store, err := OpenStore(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	content, err := NewContent(cfg.DataDir)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	rt, err := runtime.New(runtime.Config{
+		StateDir: filepath.Join(cfg.DataDir, "containers"), RuncPath: cfg.RuncPath,
+		RuncRoot: cfg.RuncRoot, MonitorPath: cfg.MonitorPath,
+	})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Agent{cfg: cfg, store: store, content: content, rt: rt, log: cfg.Logger,
+		ctx: ctx, cancel: cancel, sups: map[string]*supervisor{}, backoffBase: backoffBase}, nil
+}
+
+// Close stops supervising and closes the store. Containers keep running: the next
+// ternd adopts them.
+func (a *Agent) Close() error {
+	a.cancel()
+	a.supsMu.Lock()
+	sups := maps.Clone(a.sups)
+	a.supsMu.Unlock()
+	for _, s := range sups {
+		<-s.done
+	}
+	return a.store.Close()
+}
+
+// Boot brings the device's apps to their desired state when ternd starts. A
+// container that still runs (ternd restarted) is adopted, never restarted. After a
+// reboot, boot apps are started in their declared order (after:). After a restart
+// of ternd alone, an app whose container ended meanwhile is started again if its
+// restart policy says so.
+func (a *Agent) Boot(ctx context.Context) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	recs, err := a.store.Apps()
+	if err != nil {
+		return err
+	}
+	rebooted, err := a.store.NoteBoot(currentBootID())
+	if err != nil {
+		return err
+	}
+	var toStart []*AppRecord
+	for _, r := range recs {
+		if r.Desired != DesiredRunning || r.Broken {
+			continue
+		}
+		id := containerID(r.Name(), r.Version())
+		st, err := a.rt.State(ctx, id)
+		if err == nil && st.Status != runtime.StatusStopped {
+			waitStarted(ctx, a.supervise(r, true))
+			continue
+		}
+		if err == nil {
+			a.rt.Remove(ctx, id)
+		}
+		start := r.Package.App.Boot
+		if !rebooted {
+			failed := st.Exit == nil || st.Exit.Lost || st.Exit.Code != 0 || st.Exit.Signal != 0
+			switch r.Package.App.Restart {
+			case app.RestartAlways:
+				start = true
+			case app.RestartOnFailure:
+				start = failed
+			}
+		}
+		if start {
+			toStart = append(toStart, r)
+		}
+	}
+	for _, r := range bootOrder(toStart) {
+		// In order: each app runs (or has failed to start) before the next starts.
+		waitStarted(ctx, a.supervise(r, false))
+	}
+	a.gcLocked()
+	return nil
+}
+
+// bootOrder sorts apps so each comes after those it names in after: (a cycle or
+// an unknown name is ignored, keeping name order).
+func bootOrder(recs []*AppRecord) []*AppRecord {
+	sort.Slice(recs, func(i, j int) bool { return recs[i].Name() < recs[j].Name() })
+	byName := map[string]*AppRecord{}
+	for _, r := range recs {
+		byName[r.Name()] = r
+	}
+	var out []*AppRecord
+	state := map[string]int{} // 1 visiting, 2 done
+	var visit func(r *AppRecord)
+	visit = func(r *AppRecord) {
+		if state[r.Name()] != 0 {
+			return
+		}
+		state[r.Name()] = 1
+		for _, dep := range r.Package.App.After {
+			if d, ok := byName[dep]; ok {
+				visit(d)
+			}
+		}
+		state[r.Name()] = 2
+		out = append(out, r)
+	}
+	for _, r := range recs {
+		visit(r)
+	}
+	return out
+}
+
+func waitStarted(ctx context.Context, s *supervisor) {
+	for {
+		state, _, _, _, _ := s.status()
+		if state != StateFailed {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.done:
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// supervise starts a supervisor for r. Callers hold a.mu.
+func (a *Agent) supervise(r *AppRecord, adopt bool) *supervisor {
+	s := newSupervisor(a, r)
+	a.supsMu.Lock()
+	a.sups[r.Name()] = s
+	a.supsMu.Unlock()
+	go s.run(a.ctx, adopt)
+	return s
+}
+
+// Install verifies a package from r against the trusted keys, stores it, and starts
+// the app. Nothing is stored before the signature is verified and the device's
+// policy admits the manifest; a failed install leaves the device as it was.
+func (a *Agent) Install(ctx context.Context, r io.Reader) (*AppRecord, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	p, err := app.Read(r, app.ReadOptions{Keys: a.cfg.Keys, Admit: a.admit}, a.content)
+	if err == nil {
+		err = a.unpack(ctx, p.Manifest)
+	}
+	if err != nil {
+		a.gcLocked() // drop what this install stored before it failed
+		return nil, fmt.Errorf("install: %w", err)
+	}
+	rec := &AppRecord{Package: *p.Manifest, Desired: DesiredRunning, InstalledAt: time.Now()}
+	if err := a.store.Put(rec); err != nil {
+		return nil, err
+	}
+	a.log.Info("installed", "app", rec.Name(), "version", rec.Version())
+	s := a.supervise(rec, false)
+	waitStarted(ctx, s)
+	return rec, nil
+}
+
+func (a *Agent) unpack(ctx context.Context, pm *app.PackageManifest) error {
+	for _, l := range pm.Image.Layers {
+		if err := a.content.Unpack(ctx, l); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// admit is the device's policy, applied to a verified manifest before any blob is
+// stored.
+func (a *Agent) admit(pm *app.PackageManifest) error {
+	m := pm.App
+	if want := "linux/" + goruntime.GOARCH; pm.Image.Platform != want {
+		return fmt.Errorf("%w: %s %s is built for %s, this device is %s", ErrRefused, m.Name, m.Version, pm.Image.Platform, want)
+	}
+	recs, err := a.store.Apps()
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if r.Name() == m.Name {
+			return fmt.Errorf("%w: %s is installed at version %s; remove it first", ErrAlreadyInstalled, m.Name, r.Version())
+		}
+		for _, d := range m.Capabilities.Devices {
+			if slices.Contains(r.Package.App.Capabilities.Devices, d) {
+				return fmt.Errorf("%w: %s asks for %s, which %s holds", ErrRefused, m.Name, d, r.Name())
+			}
+		}
+	}
+	if m.Capabilities.Network.EffectiveMode() == app.NetworkHost && !a.cfg.AllowHostNetwork {
+		return fmt.Errorf("%w: %s asks for the host network; this device does not allow it (ternd --allow-host-network)", ErrRefused, m.Name)
+	}
+	for _, c := range m.Capabilities.Linux {
+		if slices.Contains(app.ForbiddenCapabilities, c) {
+			return fmt.Errorf("%w: %s asks for capability %s", ErrRefused, m.Name, c)
+		}
+	}
+	for _, d := range m.Capabilities.Devices {
+		if _, err := os.Stat(d); err != nil {
+			return fmt.Errorf("%w: %s asks for %s, which this device does not have", ErrRefused, m.Name, d)
+		}
+	}
+	return nil
+}
+
+// gcLocked removes blobs and layers no installed app uses. Callers hold a.mu.
+func (a *Agent) gcLocked() {
+	recs, err := a.store.Apps()
+	if err != nil {
+		a.log.Error("gc", "err", err)
+		return
+	}
+	inUse := map[string]bool{}
+	for _, r := range recs {
+		for _, d := range r.Package.Blobs() {
+			inUse[d.Digest] = true
+		}
+	}
+	if err := a.content.GC(inUse); err != nil {
+		a.log.Error("gc", "err", err)
+	}
+}
+
+// supervisorOf returns the app's supervisor, if one was started.
+func (a *Agent) supervisorOf(name string) (*supervisor, bool) {
+	a.supsMu.Lock()
+	defer a.supsMu.Unlock()
+	s, ok := a.sups[name]
+	return s, ok
+}
