@@ -27,23 +27,78 @@ func deviceCmd() *cobra.Command {
 	}
 
 	install := &cobra.Command{
-		Use: "install APP.tern", Short: "Install a signed package and start the app", Args: cobra.ExactArgs(1),
+		Use:   "install APP.tern [APP2.tern ...]",
+		Short: "Install or update apps from signed packages (several: one all-or-nothing update)",
+		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := client()
 			if err != nil {
 				return err
 			}
-			f, err := os.Open(args[0])
+			var readers []io.Reader
+			for _, p := range args {
+				f, err := os.Open(p)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				readers = append(readers, f)
+			}
+			list, err := c.Install(cmd.Context(), readers...)
+			if err != nil {
+				return fmt.Errorf("install %s: %w", strings.Join(args, " "), err)
+			}
+			for _, st := range list {
+				fmt.Fprintf(cmd.OutOrStdout(), "installed %s %s: %s\n", st.Name, st.Version, stateText(st))
+			}
+			return nil
+		},
+	}
+	rollback := &cobra.Command{
+		Use: "rollback NAME", Short: "Return an app to its previous version (N-1)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := client()
 			if err != nil {
 				return err
 			}
-			defer f.Close()
-			st, err := c.Install(cmd.Context(), f)
+			list, err := c.Rollback(cmd.Context(), args[0])
 			if err != nil {
-				return fmt.Errorf("install %s: %w", args[0], err)
+				return fmt.Errorf("rollback %s: %w", args[0], err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "installed %s %s: %s\n", st.Name, st.Version, st.State)
+			for _, st := range list {
+				fmt.Fprintf(cmd.OutOrStdout(), "rolled back %s to %s: %s\n", st.Name, st.Version, stateText(st))
+			}
 			return nil
+		},
+	}
+	events := &cobra.Command{
+		Use: "events [--json]", Short: "Show the device's events: update transitions, installs, removals", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := client()
+			if err != nil {
+				return err
+			}
+			list, err := c.Events(cmd.Context(), 0)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), list)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "TIME\tKIND\tAPP\tTRANSITION\tMESSAGE")
+			for _, e := range list {
+				tr := "-"
+				if e.From != "" || e.To != "" {
+					tr = dash(e.From) + " -> " + e.To
+				}
+				app := e.App
+				if e.Version != "" {
+					app += " " + e.Version
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format("2006-01-02T15:04:05"), e.Kind, app, tr, e.Message)
+			}
+			return tw.Flush()
 		},
 	}
 	ps := &cobra.Command{
@@ -61,10 +116,10 @@ func deviceCmd() *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), list)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tVERSION\tSTATE\tHEALTH\tPID\tUPTIME\tRESTARTS\tLAST EXIT")
+			fmt.Fprintln(tw, "NAME\tVERSION\tSTATE\tHEALTH\tPID\tUPTIME\tRESTARTS\tLAST EXIT\tUPDATE")
 			for _, s := range list {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.Name, s.Version, stateText(s), dash(s.Health),
-					dashInt(s.Pid), uptime(s), s.Restarts, exitText(s.LastExit))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", s.Name, s.Version, stateText(s), dash(s.Health),
+					dashInt(s.Pid), uptime(s), s.Restarts, exitText(s.LastExit), dash(s.Update))
 			}
 			return tw.Flush()
 		},
@@ -92,7 +147,8 @@ func deviceCmd() *cobra.Command {
 			if st.Health != "" {
 				fmt.Fprintf(tw, "Health:\t%s %s\n", st.Health, st.HealthError)
 			}
-			fmt.Fprintf(tw, "Restarts:\t%d\nLast exit:\t%s\nInstalled:\t%s\n", st.Restarts, exitText(st.LastExit), st.InstalledAt.Format(time.RFC3339))
+			fmt.Fprintf(tw, "Restarts:\t%d\nLast exit:\t%s\nInstalled:\t%s\nPrevious:\t%s\nUpdate:\t%s\n", st.Restarts, exitText(st.LastExit),
+				st.InstalledAt.Format(time.RFC3339), dash(st.Previous), dash(st.Update))
 			if m := st.Manifest; m != nil {
 				fmt.Fprintf(tw, "Command:\t%s\nRestart:\t%s\nNetwork:\t%s\n", strings.Join(m.App.Command, " "), m.App.Restart, m.App.Capabilities.Network.EffectiveMode())
 				fmt.Fprintf(tw, "Layers:\t%d\n", len(m.Image.Layers))
@@ -153,10 +209,10 @@ func deviceCmd() *cobra.Command {
 			return nil
 		},
 	}
-	for _, c := range []*cobra.Command{ps, inspect, logs} {
+	for _, c := range []*cobra.Command{ps, inspect, logs, events} {
 		c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	}
-	cmd.AddCommand(install, ps, inspect, logs, remove)
+	cmd.AddCommand(install, ps, inspect, logs, remove, rollback, events)
 	return cmd
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/tern-iot/tern/internal/agent"
 	"github.com/tern-iot/tern/internal/trust"
+	"github.com/tern-iot/tern/internal/update"
 )
 
 func main() {
@@ -38,6 +39,8 @@ func run() error {
 	flag.StringVar(&cfg.CgroupParent, "cgroup-parent", "/tern", "cgroup under which app containers are placed")
 	flag.BoolVar(&cfg.AllowHostNetwork, "allow-host-network", false, "let apps that ask for it share the device's network")
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	var crashAt string
+	flag.StringVar(&crashAt, "debug-crash-at", "", "FOR TESTS: kill ternd (SIGKILL) right after an update persists this state")
 	flag.Parse()
 
 	var level slog.Level
@@ -53,6 +56,10 @@ func run() error {
 		return fmt.Errorf("no trusted release keys (*.pub) in %s: ternd installs only signed packages", trustDir)
 	}
 	cfg.Keys = keys
+	if crashAt != "" {
+		cfg.CrashAt = update.State(crashAt)
+		cfg.Crash = func(update.State) { syscall.Kill(os.Getpid(), syscall.SIGKILL) }
+	}
 
 	a, err := agent.New(cfg)
 	if err != nil {

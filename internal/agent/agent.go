@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"os"
@@ -18,6 +17,8 @@ import (
 	"github.com/tern-iot/tern/internal/app"
 	"github.com/tern-iot/tern/internal/runtime"
 	"github.com/tern-iot/tern/internal/trust"
+	"github.com/tern-iot/tern/internal/update"
+	"golang.org/x/sys/unix"
 )
 
 // Errors a client of the agent acts on.
@@ -36,6 +37,11 @@ type Config struct {
 	MonitorPath      string            // "" finds tern-monitor beside ternd or in PATH
 	CgroupParent     string            // "" is /tern
 	Logger           *slog.Logger
+
+	// CrashAt and Crash are for tests of power loss: right after an update
+	// transaction persists state CrashAt, Crash is called (ternd kills itself).
+	CrashAt update.State
+	Crash   func(update.State)
 }
 
 // Agent is ternd's core: it owns the store, the content, the runtime and one
@@ -117,10 +123,20 @@ func (a *Agent) Boot(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	txn, err := a.store.Txn()
+	if err != nil {
+		return err
+	}
+	inTxn := map[string]bool{}
+	if txn != nil {
+		for _, c := range txn.Changes {
+			inTxn[c.Name] = true
+		}
+	}
 	var toStart []*AppRecord
 	for _, r := range recs {
-		if r.Desired != DesiredRunning || r.Broken {
-			continue
+		if r.Desired != DesiredRunning || r.Broken || inTxn[r.Name()] {
+			continue // an update in progress decides for its apps
 		}
 		id := containerID(r.Name(), r.Version())
 		st, err := a.rt.State(ctx, id)
@@ -148,6 +164,19 @@ func (a *Agent) Boot(ctx context.Context) error {
 	for _, r := range bootOrder(toStart) {
 		// In order: each app runs (or has failed to start) before the next starts.
 		waitStarted(ctx, a.supervise(r, false))
+	}
+	if txn != nil {
+		// Finish the interrupted update in the background: its probation may take
+		// a while, and the local API must answer meanwhile.
+		a.log.Info("resuming update", "txn", txn.ID, "state", txn.State)
+		go func() {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			if err := a.runTxn(txn, true); err != nil {
+				a.log.Warn("resumed update ended", "txn", txn.ID, "err", err)
+			}
+		}()
+		return nil
 	}
 	a.gcLocked()
 	return nil
@@ -201,36 +230,18 @@ func waitStarted(ctx context.Context, s *supervisor) {
 
 // supervise starts a supervisor for r. Callers hold a.mu.
 func (a *Agent) supervise(r *AppRecord, adopt bool) *supervisor {
+	return a.superviseMode(r, adopt, false)
+}
+
+// superviseMode starts a supervisor, on probation if asked (an update's new version).
+func (a *Agent) superviseMode(r *AppRecord, adopt, probation bool) *supervisor {
 	s := newSupervisor(a, r)
+	s.probation = probation
 	a.supsMu.Lock()
 	a.sups[r.Name()] = s
 	a.supsMu.Unlock()
 	go s.run(a.ctx, adopt)
 	return s
-}
-
-// Install verifies a package from r against the trusted keys, stores it, and starts
-// the app. Nothing is stored before the signature is verified and the device's
-// policy admits the manifest; a failed install leaves the device as it was.
-func (a *Agent) Install(ctx context.Context, r io.Reader) (*AppRecord, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	p, err := app.Read(r, app.ReadOptions{Keys: a.cfg.Keys, Admit: a.admit}, a.content)
-	if err == nil {
-		err = a.unpack(ctx, p.Manifest)
-	}
-	if err != nil {
-		a.gcLocked() // drop what this install stored before it failed
-		return nil, fmt.Errorf("install: %w", err)
-	}
-	rec := &AppRecord{Package: *p.Manifest, Desired: DesiredRunning, InstalledAt: time.Now()}
-	if err := a.store.Put(rec); err != nil {
-		return nil, err
-	}
-	a.log.Info("installed", "app", rec.Name(), "version", rec.Version())
-	s := a.supervise(rec, false)
-	waitStarted(ctx, s)
-	return rec, nil
 }
 
 func (a *Agent) unpack(ctx context.Context, pm *app.PackageManifest) error {
@@ -243,8 +254,8 @@ func (a *Agent) unpack(ctx context.Context, pm *app.PackageManifest) error {
 }
 
 // admit is the device's policy, applied to a verified manifest before any blob is
-// stored.
-func (a *Agent) admit(pm *app.PackageManifest) error {
+// stored. staged are the packages already admitted in the same install.
+func (a *Agent) admit(pm *app.PackageManifest, staged []*app.PackageManifest) error {
 	m := pm.App
 	if want := "linux/" + goruntime.GOARCH; pm.Image.Platform != want {
 		return fmt.Errorf("%w: %s %s is built for %s, this device is %s", ErrRefused, m.Name, m.Version, pm.Image.Platform, want)
@@ -253,14 +264,36 @@ func (a *Agent) admit(pm *app.PackageManifest) error {
 	if err != nil {
 		return err
 	}
+	holders := map[string]string{} // device -> app holding it, after this install
 	for _, r := range recs {
-		if r.Name() == m.Name {
-			return fmt.Errorf("%w: %s is installed at version %s; remove it first", ErrAlreadyInstalled, m.Name, r.Version())
+		for _, d := range r.Package.App.Capabilities.Devices {
+			holders[d] = r.Name()
 		}
-		for _, d := range m.Capabilities.Devices {
-			if slices.Contains(r.Package.App.Capabilities.Devices, d) {
-				return fmt.Errorf("%w: %s asks for %s, which %s holds", ErrRefused, m.Name, d, r.Name())
-			}
+	}
+	for _, s := range staged {
+		for _, d := range s.App.Capabilities.Devices {
+			holders[d] = s.App.Name
+		}
+	}
+	for _, r := range recs {
+		if r.Name() != m.Name {
+			continue
+		}
+		cur, _ := app.ParseVersion(r.Version())
+		next, _ := app.ParseVersion(m.Version)
+		switch c := next.Compare(cur); {
+		case c == 0:
+			return fmt.Errorf("%w: %s %s is already installed", ErrAlreadyInstalled, m.Name, m.Version)
+		case c < 0 && !m.AllowDowngrade:
+			return fmt.Errorf("%w: %s %s is below the committed %s, and its signed manifest does not allow_downgrade", ErrDowngrade, m.Name, m.Version, r.Version())
+		}
+	}
+	for _, d := range m.Capabilities.Devices {
+		if h, ok := holders[d]; ok && h != m.Name {
+			return fmt.Errorf("%w: %s asks for %s, which %s holds", ErrRefused, m.Name, d, h)
+		}
+		if _, err := os.Stat(d); err != nil {
+			return fmt.Errorf("%w: %s asks for %s, which this device does not have", ErrRefused, m.Name, d)
 		}
 	}
 	if m.Capabilities.Network.EffectiveMode() == app.NetworkHost && !a.cfg.AllowHostNetwork {
@@ -271,25 +304,68 @@ func (a *Agent) admit(pm *app.PackageManifest) error {
 			return fmt.Errorf("%w: %s asks for capability %s", ErrRefused, m.Name, c)
 		}
 	}
-	for _, d := range m.Capabilities.Devices {
-		if _, err := os.Stat(d); err != nil {
-			return fmt.Errorf("%w: %s asks for %s, which this device does not have", ErrRefused, m.Name, d)
+	return a.checkSpace(pm)
+}
+
+// unpackFactor estimates a layer's unpacked size from its compressed size, for the
+// free-space check: generous, since running out half way is worse than refusing.
+const (
+	unpackFactor = 4
+	spaceReserve = 16 << 20 // left free for state.db, logs and the running apps
+)
+
+// checkSpace refuses a package whose blobs and unpacked layers would not fit.
+func (a *Agent) checkSpace(pm *app.PackageManifest) error {
+	var need int64
+	for _, d := range pm.Blobs() {
+		if a.content.HasBlob(d.Digest) {
+			continue
 		}
+		need += d.Size
+		if d.MediaType != app.MediaTypeConfig {
+			need += d.Size * unpackFactor
+		}
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(a.cfg.DataDir, &st); err != nil {
+		return err
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	if need+spaceReserve > free {
+		return fmt.Errorf("%w: %s %s needs about %d MiB, %d MiB are free in %s", ErrNoSpace, pm.App.Name, pm.App.Version,
+			(need+spaceReserve)>>20, free>>20, a.cfg.DataDir)
 	}
 	return nil
 }
 
-// gcLocked removes blobs and layers no installed app uses. Callers hold a.mu.
-func (a *Agent) gcLocked() {
+// gcLocked removes blobs and layers that no installed app (current or N-1
+// version), no update in progress, and none of keep uses. Callers hold a.mu.
+func (a *Agent) gcLocked(keep ...*app.PackageManifest) {
 	recs, err := a.store.Apps()
 	if err != nil {
 		a.log.Error("gc", "err", err)
 		return
 	}
 	inUse := map[string]bool{}
-	for _, r := range recs {
-		for _, d := range r.Package.Blobs() {
+	use := func(pm *app.PackageManifest) {
+		for _, d := range pm.Blobs() {
 			inUse[d.Digest] = true
+		}
+	}
+	for _, r := range recs {
+		use(&r.Package)
+		if r.Previous != nil {
+			use(r.Previous)
+		}
+	}
+	for _, pm := range keep {
+		use(pm)
+	}
+	if t, err := a.store.Txn(); err == nil && t != nil && t.State != update.RolledBack {
+		for _, c := range t.Changes {
+			if rec, err := newRecord(c); err == nil {
+				use(&rec.Package)
+			}
 		}
 	}
 	if err := a.content.GC(inUse); err != nil {

@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"mime/multipart"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/tern-iot/tern/internal/app"
 	"github.com/tern-iot/tern/internal/runtime"
@@ -35,14 +38,33 @@ func (a *Agent) Handler() http.Handler {
 		reply(w, list, err)
 	})
 	mux.HandleFunc("POST /v1/apps", func(w http.ResponseWriter, r *http.Request) {
-		rec, err := a.Install(r.Context(), r.Body)
+		pkgs, err := packageReaders(r)
 		if err != nil {
-			reply(w, nil, err)
+			problem(w, http.StatusBadRequest, "bad upload", err.Error())
 			return
 		}
-		st, err := a.Inspect(r.Context(), rec.Name())
-		st.Manifest = nil
-		reply(w, st, err)
+		list, err := a.Install(r.Context(), pkgs...)
+		replyUpdate(w, list, err)
+	})
+	mux.HandleFunc("POST /v1/apps/{name}/rollback", func(w http.ResponseWriter, r *http.Request) {
+		list, err := a.Rollback(r.Context(), r.PathValue("name"))
+		replyUpdate(w, list, err)
+	})
+	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
+		since, _ := strconv.ParseUint(r.URL.Query().Get("since"), 10, 64)
+		events, err := a.Events(since)
+		if events == nil {
+			events = []Event{}
+		}
+		reply(w, events, err)
+	})
+	mux.HandleFunc("GET /v1/update", func(w http.ResponseWriter, r *http.Request) {
+		t, err := a.store.Txn()
+		if t == nil && err == nil {
+			reply(w, map[string]string{"state": "idle"}, nil)
+			return
+		}
+		reply(w, t, err)
 	})
 	mux.HandleFunc("GET /v1/apps/{name}", func(w http.ResponseWriter, r *http.Request) {
 		st, err := a.Inspect(r.Context(), r.PathValue("name"))
@@ -93,6 +115,66 @@ func (a *Agent) Handler() http.Handler {
 	return mux
 }
 
+// InstallResult is the answer to an install or rollback: the apps' states, and
+// the error that rolled an update back, if one did.
+type InstallResult struct {
+	Apps  []AppStatus `json:"apps"`
+	Error string      `json:"error,omitempty"`
+}
+
+// replyUpdate answers an install or rollback. A rolled-back update is a 409 whose
+// problem detail says why; the apps run their previous versions.
+func replyUpdate(w http.ResponseWriter, list []AppStatus, err error) {
+	if err != nil {
+		reply(w, nil, err)
+		return
+	}
+	reply(w, InstallResult{Apps: list}, nil)
+}
+
+// packageReaders returns the packages of an upload: the body itself, or each part
+// of a multipart body (several packages installed as one transaction), read in
+// order as the install consumes them.
+func packageReaders(r *http.Request) ([]io.Reader, error) {
+	ct := r.Header.Get("Content-Type")
+	if !strings.HasPrefix(ct, "multipart/") {
+		return []io.Reader{r.Body}, nil
+	}
+	n, err := strconv.Atoi(r.URL.Query().Get("packages"))
+	if err != nil || n < 1 || n > 64 {
+		return nil, fmt.Errorf("a multipart upload names its number of packages (?packages=N, 1-64)")
+	}
+	mr, err := r.MultipartReader()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]io.Reader, n)
+	for i := range out {
+		out[i] = &lazyPart{mr: mr}
+	}
+	return out, nil
+}
+
+// lazyPart reads the next part of a multipart body when first read.
+type lazyPart struct {
+	mr  *multipart.Reader
+	p   *multipart.Part
+	err error
+}
+
+func (l *lazyPart) Read(b []byte) (int, error) {
+	if l.p == nil && l.err == nil {
+		l.p, l.err = l.mr.NextPart()
+		if l.err == io.EOF {
+			l.err = io.ErrUnexpectedEOF
+		}
+	}
+	if l.err != nil {
+		return 0, l.err
+	}
+	return l.p.Read(b)
+}
+
 type flushWriter struct {
 	w *bufio.Writer
 	f http.Flusher
@@ -122,8 +204,12 @@ func statusOf(err error) int {
 	switch {
 	case errors.Is(err, ErrNotInstalled), errors.Is(err, runtime.ErrNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, ErrAlreadyInstalled):
+	case errors.Is(err, ErrAlreadyInstalled), errors.Is(err, ErrBusy), errors.Is(err, ErrUpdateAbort), errors.Is(err, ErrNoPrevious):
 		return http.StatusConflict
+	case errors.Is(err, ErrNoSpace):
+		return http.StatusInsufficientStorage
+	case errors.Is(err, ErrDowngrade):
+		return http.StatusForbidden
 	case errors.Is(err, ErrRefused), errors.Is(err, app.ErrForbiddenCapability):
 		return http.StatusForbidden
 	case isPackageError(err):
@@ -138,6 +224,8 @@ func titleOf(err error) string {
 		return "not found"
 	case http.StatusConflict:
 		return "conflict"
+	case http.StatusInsufficientStorage:
+		return "not enough space"
 	case http.StatusForbidden:
 		return "refused by device policy"
 	case http.StatusUnprocessableEntity:

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"mime/multipart"
 	"net"
 	"net/http"
 	"net/url"
@@ -54,13 +55,13 @@ func (e *APIError) Error() string {
 	return e.Title
 }
 
-func (c *Client) do(ctx context.Context, method, path string, body io.Reader, out any) error {
+func (c *Client) do(ctx context.Context, method, path string, body io.Reader, contentType string, out any) error {
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return err
 	}
-	if body != nil {
-		req.Header.Set("Content-Type", MediaTypePackage)
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -83,30 +84,65 @@ func (c *Client) do(ctx context.Context, method, path string, body io.Reader, ou
 // List returns every app's status.
 func (c *Client) List(ctx context.Context) ([]AppStatus, error) {
 	var out []AppStatus
-	return out, c.do(ctx, http.MethodGet, "/v1/apps", nil, &out)
+	return out, c.do(ctx, http.MethodGet, "/v1/apps", nil, "", &out)
 }
 
 // Inspect returns an app's status and manifest.
 func (c *Client) Inspect(ctx context.Context, name string) (AppStatus, error) {
 	var out AppStatus
-	return out, c.do(ctx, http.MethodGet, "/v1/apps/"+url.PathEscape(name), nil, &out)
+	return out, c.do(ctx, http.MethodGet, "/v1/apps/"+url.PathEscape(name), nil, "", &out)
 }
 
-// Install uploads a package.
-func (c *Client) Install(ctx context.Context, pkg io.Reader) (AppStatus, error) {
-	var out AppStatus
-	return out, c.do(ctx, http.MethodPost, "/v1/apps", pkg, &out)
+// Install uploads packages: one is installed (or updates its app); several form
+// one update transaction.
+func (c *Client) Install(ctx context.Context, pkgs ...io.Reader) ([]AppStatus, error) {
+	var out InstallResult
+	if len(pkgs) == 1 {
+		err := c.do(ctx, http.MethodPost, "/v1/apps", pkgs[0], MediaTypePackage, &out)
+		return out.Apps, err
+	}
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	go func() {
+		for i, p := range pkgs {
+			part, err := mw.CreateFormFile("package", fmt.Sprintf("%d.tern", i))
+			if err == nil {
+				_, err = io.Copy(part, p)
+			}
+			if err != nil {
+				pw.CloseWithError(err)
+				return
+			}
+		}
+		pw.CloseWithError(mw.Close())
+	}()
+	err := c.do(ctx, http.MethodPost, "/v1/apps?packages="+strconv.Itoa(len(pkgs)), pr, mw.FormDataContentType(), &out)
+	pr.Close()
+	return out.Apps, err
+}
+
+// Rollback returns an app to its previous version.
+func (c *Client) Rollback(ctx context.Context, name string) ([]AppStatus, error) {
+	var out InstallResult
+	err := c.do(ctx, http.MethodPost, "/v1/apps/"+url.PathEscape(name)+"/rollback", nil, "", &out)
+	return out.Apps, err
+}
+
+// Events returns the device's events after sequence number since.
+func (c *Client) Events(ctx context.Context, since uint64) ([]Event, error) {
+	var out []Event
+	return out, c.do(ctx, http.MethodGet, "/v1/events?since="+strconv.FormatUint(since, 10), nil, "", &out)
 }
 
 // Verb runs start, stop or restart.
 func (c *Client) Verb(ctx context.Context, name, verb string) (AppStatus, error) {
 	var out AppStatus
-	return out, c.do(ctx, http.MethodPost, "/v1/apps/"+url.PathEscape(name)+"/"+verb, nil, &out)
+	return out, c.do(ctx, http.MethodPost, "/v1/apps/"+url.PathEscape(name)+"/"+verb, nil, "", &out)
 }
 
 // Remove deletes an app.
 func (c *Client) Remove(ctx context.Context, name string) error {
-	return c.do(ctx, http.MethodDelete, "/v1/apps/"+url.PathEscape(name), nil, nil)
+	return c.do(ctx, http.MethodDelete, "/v1/apps/"+url.PathEscape(name), nil, "", nil)
 }
 
 // Logs streams an app's log records to fn until the answer ends (or ctx does, when

@@ -264,13 +264,13 @@ func (e *testEnv) status(name string) AppStatus {
 	return st
 }
 
-func (e *testEnv) install(p []byte) *AppRecord {
+func (e *testEnv) install(p []byte) AppStatus {
 	e.t.Helper()
-	rec, err := e.agent.Install(e.ctx, bytes.NewReader(p))
+	list, err := e.agent.Install(e.ctx, bytes.NewReader(p))
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return rec
+	return list[0]
 }
 
 func dirEntries(t *testing.T, dir string) []string {

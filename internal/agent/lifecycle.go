@@ -139,8 +139,11 @@ func (a *Agent) Remove(ctx context.Context, name string) error {
 		return err
 	}
 	a.rt.Remove(ctx, containerID(name, rec.Version()))
-	if err := a.bundle(name, rec.Version()).remove(); err != nil {
-		return fmt.Errorf("remove %s: %w", name, err)
+	versions, _ := os.ReadDir(filepath.Join(a.cfg.DataDir, "apps", name))
+	for _, v := range versions {
+		if err := a.bundle(name, v.Name()).remove(); err != nil {
+			return fmt.Errorf("remove %s: %w", name, err)
+		}
 	}
 	if err := a.store.Delete(name); err != nil {
 		return err
@@ -167,6 +170,11 @@ type AppStatus struct {
 	NextStart   time.Time `json:"next_start,omitzero"`
 	LastExit    *ExitInfo `json:"last_exit,omitempty"`
 	InstalledAt time.Time `json:"installed_at"`
+	// Previous is the N-1 version kept for rollback.
+	Previous string `json:"previous,omitempty"`
+	// Update is the state of an update of this app in progress, e.g. "probation
+	// 1.0.0->1.1.0"; empty when none.
+	Update string `json:"update,omitempty"`
 	// Manifest is the signed manifest, shown by inspect.
 	Manifest *app.PackageManifest `json:"manifest,omitempty"`
 }
@@ -198,7 +206,18 @@ func (a *Agent) Inspect(ctx context.Context, name string) (AppStatus, error) {
 func (a *Agent) status(r *AppRecord) AppStatus {
 	st := AppStatus{Name: r.Name(), Version: r.Version(), Desired: r.Desired, Restarts: r.Restarts,
 		LastExit: r.LastExit, InstalledAt: r.InstalledAt, State: StateStopped}
+	if r.Previous != nil {
+		st.Previous = r.Previous.App.Version
+	}
+	if t, err := a.store.Txn(); err == nil && t != nil {
+		for _, c := range t.Changes {
+			if c.Name == r.Name() {
+				st.Update = fmt.Sprintf("%s %s->%s", t.State, c.From, c.To)
+			}
+		}
+	}
 	if s, ok := a.supervisorOf(r.Name()); ok {
+		st.Version = s.rec.Version() // during an update, the version that runs
 		var h healthTracker
 		st.State, st.Pid, st.StartedAt, h, st.NextStart = s.status()
 		if st.State == StateRunning {

@@ -5,6 +5,7 @@
 package agent
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/tern-iot/tern/internal/app"
+	"github.com/tern-iot/tern/internal/update"
 )
 
 // ErrNotInstalled reports an app name the device does not have.
@@ -34,8 +36,11 @@ const (
 // into place before the record's transaction commits); a layer or blob no record
 // names is garbage, and GC removes it.
 type AppRecord struct {
-	Package     app.PackageManifest `json:"package"`
-	InstalledAt time.Time           `json:"installed_at"`
+	Package app.PackageManifest `json:"package"`
+	// Previous is the version committed before Package (N-1), kept so that a
+	// failed update or `tern device rollback` can return to it.
+	Previous    *app.PackageManifest `json:"previous,omitempty"`
+	InstalledAt time.Time            `json:"installed_at"`
 	// Desired is what the operator asked for: running (installed, started,
 	// restarted per policy) or stopped (stop verb). It survives restarts of ternd
 	// and of the device.
@@ -67,10 +72,15 @@ func (r *AppRecord) Name() string { return r.Package.App.Name }
 func (r *AppRecord) Version() string { return r.Package.App.Version }
 
 var (
-	bucketApps = []byte("apps")
-	bucketMeta = []byte("meta")
-	keyBootID  = []byte("boot_id")
+	bucketApps   = []byte("apps")
+	bucketMeta   = []byte("meta")
+	bucketEvents = []byte("events")
+	keyBootID    = []byte("boot_id")
+	keyTxn       = []byte("update")
 )
+
+// maxEvents bounds the events kept on the device; the oldest are dropped first.
+const maxEvents = 2000
 
 // Store is state.db: the device's durable state. Every change is one bbolt
 // transaction, fsynced on commit.
@@ -83,7 +93,7 @@ func OpenStore(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open state.db: %w (is another ternd running on this data dir?)", err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketApps, bucketMeta} {
+		for _, b := range [][]byte{bucketApps, bucketMeta, bucketEvents} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -195,4 +205,142 @@ func currentBootID() string {
 		return ""
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// Txn returns the update transaction in progress, or nil.
+func (s *Store) Txn() (*update.Txn, error) {
+	var t *update.Txn
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketMeta).Get(keyTxn)
+		if v == nil {
+			return nil
+		}
+		t = &update.Txn{}
+		return json.Unmarshal(v, t)
+	})
+	return t, err
+}
+
+// SaveTxn writes the transaction in progress (nil clears it). bbolt fsyncs on
+// commit, so the state is on disk before the machine acts on it.
+func (s *Store) SaveTxn(t *update.Txn) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if t == nil {
+			return tx.Bucket(bucketMeta).Delete(keyTxn)
+		}
+		data, err := json.Marshal(t)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(keyTxn, data)
+	})
+}
+
+// Event is one thing that happened on the device: an update transition, a crash,
+// a health change. Events are kept on disk (the newest maxEvents) for `tern device
+// events` and, once enrolled, for the server.
+type Event struct {
+	Seq     uint64    `json:"seq"`
+	Time    time.Time `json:"time"`
+	Kind    string    `json:"kind"` // update, exit, health, install, remove
+	App     string    `json:"app,omitempty"`
+	Version string    `json:"version,omitempty"`
+	Txn     string    `json:"txn,omitempty"`
+	From    string    `json:"from,omitempty"`
+	To      string    `json:"to,omitempty"`
+	Message string    `json:"message,omitempty"`
+}
+
+// AddEvent appends an event, giving it the next sequence number.
+func (s *Store) AddEvent(e Event) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketEvents)
+		seq, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		e.Seq = seq
+		if e.Time.IsZero() {
+			e.Time = time.Now()
+		}
+		data, err := json.Marshal(e)
+		if err != nil {
+			return err
+		}
+		if err := b.Put(seqKey(seq), data); err != nil {
+			return err
+		}
+		if seq > maxEvents {
+			c := b.Cursor()
+			for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) <= seq-maxEvents; k, _ = c.Next() {
+				if err := c.Delete(); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// Events returns the events after sequence number since, oldest first.
+func (s *Store) Events(since uint64) ([]Event, error) {
+	var out []Event
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketEvents).Cursor()
+		for k, v := c.Seek(seqKey(since + 1)); k != nil; k, v = c.Next() {
+			var e Event
+			if err := json.Unmarshal(v, &e); err != nil {
+				return err
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func seqKey(n uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], n)
+	return b[:]
+}
+
+// Commit applies a committed update to the app records in one transaction:
+// each new version becomes current and the replaced one becomes N-1 (a manual
+// rollback to N-1 drops the newer version instead). It is idempotent.
+func (s *Store) Commit(t *update.Txn) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketApps)
+		for _, c := range t.Changes {
+			var pm app.PackageManifest
+			if err := json.Unmarshal(c.Data, &pm); err != nil {
+				return fmt.Errorf("update %s: change %s: %w", t.ID, c.Name, err)
+			}
+			var r AppRecord
+			if v := b.Get([]byte(c.Name)); v != nil {
+				if err := json.Unmarshal(v, &r); err != nil {
+					return err
+				}
+			}
+			if v := b.Get([]byte(c.Name)); v == nil || r.Version() != c.To {
+				if v != nil && !t.Manual {
+					prev := r.Package
+					r.Previous = &prev
+				} else {
+					r.Previous = nil
+				}
+				r.Package = pm
+				r.InstalledAt = time.Now()
+			}
+			r.Desired, r.Broken, r.Restarts, r.LastExit = DesiredRunning, false, 0, nil
+			data, err := json.Marshal(&r)
+			if err != nil {
+				return err
+			}
+			if err := b.Put([]byte(c.Name), data); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }

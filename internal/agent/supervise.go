@@ -52,12 +52,16 @@ type supervisor struct {
 	stop chan struct{} // closed to ask run to stop the container and return
 	done chan struct{} // closed when run returns
 
-	mu        sync.Mutex
-	state     string
-	pid       int
-	startedAt time.Time
-	health    healthTracker
-	nextStart time.Time
+	mu sync.Mutex
+	// probation is set while the version is on probation in an update: an exit
+	// is then recorded in probationErr instead of restarting.
+	probation    bool
+	probationErr error
+	state        string
+	pid          int
+	startedAt    time.Time
+	health       healthTracker
+	nextStart    time.Time
 }
 
 func newSupervisor(a *Agent, rec *AppRecord) *supervisor {
@@ -125,6 +129,13 @@ func (s *supervisor) run(ctx context.Context, adopt bool) {
 		}
 		s.log.Info("app exited", "code", exit.Code, "signal", exit.Signal, "oom", exit.OOMKilled, "error", exit.Error)
 		failed := exit.Code != 0 || exit.Signal != 0 || exit.OOMKilled || exit.Error != "" || exit.Lost
+		if s.failProbation(exit) {
+			// On probation any exit fails the update: no restart, the update
+			// machine rolls back.
+			s.recordExit(exit, false)
+			s.set(StateExited, 0, time.Time{})
+			return
+		}
 		if m.Restart == app.RestartNever || (m.Restart == app.RestartOnFailure && !failed) {
 			s.recordExit(exit, false)
 			s.set(StateExited, 0, time.Time{})
@@ -266,5 +277,49 @@ func (s *supervisor) recordExit(ex runtime.ExitStatus, broken bool) {
 	}
 	if err := s.a.rt.Remove(context.Background(), s.id); err != nil && !errors.Is(err, runtime.ErrNotFound) {
 		s.log.Warn("remove container state", "err", err)
+	}
+}
+
+// failProbation records exit as a probation failure if the app is on probation.
+func (s *supervisor) failProbation(exit runtime.ExitStatus) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.probation {
+		return false
+	}
+	switch {
+	case exit.Error != "":
+		s.probationErr = fmt.Errorf("%s %s: %s", s.rec.Name(), s.rec.Version(), exit.Error)
+	case exit.OOMKilled:
+		s.probationErr = fmt.Errorf("%s %s was OOM-killed", s.rec.Name(), s.rec.Version())
+	case exit.Signal != 0:
+		s.probationErr = fmt.Errorf("%s %s was killed by signal %d", s.rec.Name(), s.rec.Version(), exit.Signal)
+	default:
+		s.probationErr = fmt.Errorf("%s %s exited with code %d", s.rec.Name(), s.rec.Version(), exit.Code)
+	}
+	return true
+}
+
+// probationState reports how the version fares on probation.
+func (s *supervisor) probationState() (err error, health string, healthErr string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.probationErr, s.health.state, s.health.lastErr
+}
+
+// endProbation returns the supervisor to its restart policy.
+func (s *supervisor) endProbation() {
+	s.mu.Lock()
+	s.probation = false
+	s.mu.Unlock()
+}
+
+// finished reports whether the supervision loop has returned.
+func (s *supervisor) finished() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
 	}
 }
