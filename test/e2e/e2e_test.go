@@ -60,12 +60,13 @@ type device struct {
 	log    *bytes.Buffer
 }
 
-func startDevice(t *testing.T, dir string) *device {
+func startDevice(t *testing.T, dir string, extra ...string) *device {
 	t.Helper()
 	d := &device{t: t, dir: dir, socket: filepath.Join(dir, "ternd.sock"), log: &bytes.Buffer{}}
 	d.cmd = exec.Command(filepath.Join(bin, "ternd"), "--data", filepath.Join(dir, "data"), "--socket", d.socket,
 		"--trust", filepath.Join(dir, "trust"), "--runtime-root", filepath.Join(dir, "runc"),
 		"--cgroup-parent", "/tern-e2e-"+filepath.Base(dir))
+	d.cmd.Args = append(d.cmd.Args, extra...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -114,8 +115,8 @@ func (d *device) mustTern(args ...string) string {
 }
 
 type appStatus struct {
-	Name, Version, State, Health string
-	Pid, Restarts                int
+	Name, Version, State, Health, Previous, Update string
+	Pid, Restarts                                  int
 }
 
 func (d *device) ps() map[string]appStatus {
