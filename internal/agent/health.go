@@ -151,3 +151,17 @@ func (t *healthTracker) record(err error, now time.Time) (changed bool) {
 	}
 	return t.state != old
 }
+
+// DialApp connects to a port an app listens on inside its own network namespace,
+// the way the health checks do: with network none, nothing outside reaches it.
+func (a *Agent) DialApp(ctx context.Context, name string, port int) (net.Conn, error) {
+	s, ok := a.supervisorOf(name)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrNotInstalled, name)
+	}
+	_, pid, _, _, _ := s.status()
+	if pid == 0 {
+		return nil, fmt.Errorf("%s is not running", name)
+	}
+	return dialInNetns(ctx, pid, port)
+}

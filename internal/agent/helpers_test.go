@@ -98,7 +98,7 @@ func newEnv(t *testing.T) *testEnv {
 	e.cfg = Config{
 		DataDir: filepath.Join(dir, "data"), Keys: []trust.PublicKey{key.Public()},
 		RuncRoot: filepath.Join(dir, "runc"), MonitorPath: filepath.Join(bins, "tern-monitor"),
-		CgroupParent: "/tern-test-" + filepath.Base(dir),
+		CgroupParent: "/tern-test-" + filepath.Base(filepath.Dir(dir)),
 		Logger:       slog.New(slog.NewTextHandler(testWriter{t}, nil)),
 	}
 	e.ctx, e.cancel = context.WithTimeout(context.Background(), 3*time.Minute)

@@ -180,7 +180,10 @@ func TestFullDiskRefusesUpdateAndKeepsRunningVersion(t *testing.T) {
 		t.Fatalf("mount tmpfs: %v %s", err, out)
 	}
 	e.cleanup()
-	t.Cleanup(func() { exec.Command("umount", "-l", small).Run() })
+	t.Cleanup(func() {
+		e.cleanup() // before the tmpfs goes: no container may outlive the test
+		exec.Command("umount", "-l", small).Run()
+	})
 	e.cfg.DataDir = filepath.Join(small, "data")
 	e.start()
 	root := helloRoot(t)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tern-iot/tern/internal/runtime/monitor"
+	"golang.org/x/sys/unix"
 )
 
 // helperEnv makes the test binary act as a short-lived ternd: it starts
@@ -81,6 +83,10 @@ func TestContainerOutlivesTernd(t *testing.T) {
 	eventually(t, "the container's first line", func() bool {
 		return len(readLogs(t, logDir)) > 0
 	})
+	var hostname bytes.Buffer
+	if code, err := rt.Exec(testContext(t), s.ID, []string{"hostname"}, &hostname, nil); err != nil || code != 0 || hostname.String() != s.ID+"\n" {
+		t.Errorf("Exec in the adopted container: %d, %v, %q", code, err, &hostname)
+	}
 
 	waited := make(chan ExitStatus, 1)
 	go func() {
@@ -298,12 +304,15 @@ func TestStaleRecordsReadAsStopped(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		rec       *monitor.Record
-		staleRunc bool // runc's state dir is left too, unreadable to runc
+		raw       map[string]string // files written as they are
+		staleRunc bool              // runc's state dir is left too, unreadable to runc
 	}{
-		{"monitor never wrote its record", nil, false},
-		{"dead monitor and init", &monitor.Record{MonitorPid: 1 << 22, MonitorStart: 1, BootID: monitor.BootID(), InitPid: 1<<22 - 1, InitStart: 1}, true},
-		{"pid reused by another process", &monitor.Record{MonitorPid: os.Getpid(), MonitorStart: self + 1, BootID: monitor.BootID(), InitPid: os.Getpid(), InitStart: self + 1}, false},
-		{"records from another boot", &monitor.Record{MonitorPid: os.Getpid(), MonitorStart: self, BootID: "another-boot", InitPid: os.Getpid(), InitStart: self}, true},
+		{name: "monitor never wrote its record"},
+		{name: "dead monitor and init", rec: &monitor.Record{MonitorPid: 1 << 22, MonitorStart: 1, BootID: monitor.BootID(), InitPid: 1<<22 - 1, InitStart: 1}, staleRunc: true},
+		{name: "pid reused by another process", rec: &monitor.Record{MonitorPid: os.Getpid(), MonitorStart: self + 1, BootID: monitor.BootID(), InitPid: os.Getpid(), InitStart: self + 1}},
+		{name: "records from another boot", rec: &monitor.Record{MonitorPid: os.Getpid(), MonitorStart: self, BootID: "another-boot", InitPid: os.Getpid(), InitStart: self}, staleRunc: true},
+		{name: "record cut by power loss", raw: map[string]string{monitor.RecordFile: `{"monitor_pid":1`}},
+		{name: "damaged exit status", raw: map[string]string{monitor.ExitFile: "\x00\x00"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id := newID()
@@ -312,7 +321,12 @@ func TestStaleRecordsReadAsStopped(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tc.rec != nil {
-				if err := monitor.WriteRecord(filepath.Join(dir, monitor.RecordFile), *tc.rec); err != nil {
+				if err := monitor.WriteRecord(filepath.Join(dir, monitor.RecordFile), *tc.rec, false); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for name, content := range tc.raw {
+				if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -346,5 +360,26 @@ func TestStaleRecordsReadAsStopped(t *testing.T) {
 				t.Errorf("Remove: %v", err)
 			}
 		})
+	}
+}
+
+// TestMonitorDropsInheritedDescriptors: a descriptor ternd leaked to the
+// monitor (one without close-on-exec, from ternd's own parent) is not held
+// for the container's life, nor passed to the container.
+func TestMonitorDropsInheritedDescriptors(t *testing.T) {
+	rt, _ := newRuntime(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := unix.FcntlInt(w.Fd(), unix.F_SETFD, 0); err != nil { // inheritable
+		t.Fatal(err)
+	}
+	start(t, rt, baseSpec(t, "sleep", "1000"), LogConfig{})
+	w.Close()
+	r.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := r.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("read %d, %v: want EOF, the monitor or container still holds the pipe", n, err)
 	}
 }

@@ -49,7 +49,9 @@ func (r *Runtime) Start(ctx context.Context, s Spec, bundleDir string, log LogCo
 	if err != nil {
 		return State{}, err
 	}
-	if err := monitor.WriteFileAtomic(filepath.Join(bundleDir, "config.json"), b, 0o600); err != nil {
+	// config.json is derived, and rewritten by every Start: it needs to be
+	// whole when runc reads it, not to survive power loss.
+	if err := monitor.WriteFileAtomic(filepath.Join(bundleDir, "config.json"), b, 0o600, false); err != nil {
 		return State{}, fmt.Errorf("start %s: write config: %w", id, err)
 	}
 	dir := r.dir(id)

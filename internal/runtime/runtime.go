@@ -189,20 +189,31 @@ func (r *Runtime) inspect(id string) (inspection, error) {
 	} else if err != nil {
 		return in, err
 	}
-	var exit ExitStatus
-	ok, err := readJSON(filepath.Join(dir, monitor.ExitFile), &exit)
-	if err != nil {
-		return in, fmt.Errorf("%s: %s: %w", id, monitor.ExitFile, err)
-	}
-	if ok {
-		in.exit = &exit
-	}
-	if in.hasRec, err = readJSON(filepath.Join(dir, monitor.RecordFile), &in.rec); err != nil {
-		return in, fmt.Errorf("%s: %s: %w", id, monitor.RecordFile, err)
+	// An unreadable monitor.json is one cut by power loss: as good as absent.
+	var err error
+	in.hasRec, err = readJSON(filepath.Join(dir, monitor.RecordFile), &in.rec)
+	if errors.Is(err, errUnreadable) {
+		in.hasRec, in.rec = false, monitor.Record{}
+	} else if err != nil {
+		return in, fmt.Errorf("%s: %w", id, err)
 	}
 	if in.hasRec && in.rec.BootID == monitor.BootID() {
 		in.monitorAlive = alive(in.rec.MonitorPid, in.rec.MonitorStart)
 		in.initAlive = alive(in.rec.InitPid, in.rec.InitStart)
+	}
+	// Read the exit status after judging the processes: a monitor found
+	// dead has written exit.json, if it ever will, before it died.
+	var exit ExitStatus
+	ok, err := readJSON(filepath.Join(dir, monitor.ExitFile), &exit)
+	if errors.Is(err, errUnreadable) {
+		// Fsynced, so only a damaged file system gets here: the status is
+		// lost, and the container must still be removable.
+		exit, ok = ExitStatus{Code: -1, Lost: true, Error: err.Error()}, true
+	} else if err != nil {
+		return in, fmt.Errorf("%s: %w", id, err)
+	}
+	if ok {
+		in.exit = &exit
 	}
 	return in, nil
 }
@@ -306,6 +317,9 @@ func fileExists(p string) bool {
 	return err == nil
 }
 
+// errUnreadable marks a record that exists but does not parse.
+var errUnreadable = errors.New("unreadable record")
+
 // readJSON reads a record; ok is false when it does not exist.
 func readJSON(path string, v any) (ok bool, err error) {
 	b, err := os.ReadFile(path)
@@ -315,5 +329,8 @@ func readJSON(path string, v any) (ok bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	return true, json.Unmarshal(b, v)
+	if err := json.Unmarshal(b, v); err != nil {
+		return false, fmt.Errorf("%s: %w: %v", filepath.Base(path), errUnreadable, err)
+	}
+	return true, nil
 }

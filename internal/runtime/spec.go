@@ -51,13 +51,18 @@ type Spec struct {
 	Hostname       string   // "" is the ID
 
 	// Capabilities is the allowlist of Linux capabilities ("NET_BIND_SERVICE"
-	// or "CAP_NET_BIND_SERVICE"); none is granted by default. Generate
-	// refuses those in ForbiddenCapabilities with ErrForbiddenCapability.
+	// or "CAP_NET_BIND_SERVICE"); none is granted by default. They fill the
+	// bounding, effective and permitted sets, and for a non-root UID also
+	// the inheritable and ambient ones, without which a non-root process
+	// loses them at execve. Generate refuses those in
+	// ForbiddenCapabilities with ErrForbiddenCapability.
 	Capabilities []string
 	// Devices are host device nodes (by path) the container may open: each is
 	// created at the same path in the container, owned by UID:GID so a
 	// non-root app can open what it declared, and allowed (rwm) in the
-	// device cgroup. Every other device but the standard nodes is denied.
+	// device cgroup. Opening any other device but the standard nodes is
+	// denied (EPERM). runc itself adds "mknod any device" to the rules, as
+	// Docker does: with CAP_MKNOD an app may create a node, not open it.
 	Devices []string
 	Network Network
 	Volumes []Mount

@@ -65,7 +65,7 @@ func startDevice(t *testing.T, dir string, extra ...string) *device {
 	d := &device{t: t, dir: dir, socket: filepath.Join(dir, "ternd.sock"), log: &bytes.Buffer{}}
 	d.cmd = exec.Command(filepath.Join(bin, "ternd"), "--data", filepath.Join(dir, "data"), "--socket", d.socket,
 		"--trust", filepath.Join(dir, "trust"), "--runtime-root", filepath.Join(dir, "runc"),
-		"--cgroup-parent", "/tern-e2e-"+filepath.Base(dir))
+		"--cgroup-parent", "/tern-e2e-"+filepath.Base(filepath.Dir(dir)))
 	d.cmd.Args = append(d.cmd.Args, extra...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {

@@ -122,6 +122,7 @@ func (m *monitor) run() int {
 	// not cut the container's stdout (it would die of SIGPIPE) or lose its
 	// exit status.
 	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGPIPE)
+	closeInherited(m.syncFD)
 	if _, err := unix.FcntlInt(uintptr(m.syncFD), unix.F_SETFD, unix.FD_CLOEXEC); err == nil {
 		m.sync = os.NewFile(uintptr(m.syncFD), "sync")
 	}
@@ -137,7 +138,7 @@ func (m *monitor) run() int {
 		return m.fail(err)
 	}
 	rec := Record{MonitorPid: self, MonitorStart: selfStart, BootID: BootID(), Bundle: m.Bundle}
-	if err := WriteRecord(m.path(RecordFile), rec); err != nil {
+	if err := WriteRecord(m.path(RecordFile), rec, false); err != nil {
 		return m.fail(err)
 	}
 	lw, err := openLogWriter(m.Log)
@@ -163,7 +164,7 @@ func (m *monitor) run() int {
 	}
 	status := ExitStatus{StartedAt: time.Now().UTC()}
 	rec.InitPid, rec.InitStart, rec.StartedAt = initPid, initStart, status.StartedAt
-	if err := WriteRecord(m.path(RecordFile), rec); err != nil {
+	if err := WriteRecord(m.path(RecordFile), rec, false); err != nil {
 		logf("record start: ", err.Error()) // the container runs: keep it
 	}
 	m.report(Report{Pid: initPid})
@@ -217,11 +218,32 @@ func (m *monitor) run() int {
 		logf("runc delete: ", err.Error(), ": ", string(out))
 		m.runcCmd("delete", "--force", m.ID)
 	}
-	if err := WriteRecord(m.path(ExitFile), status); err != nil {
+	if err := WriteRecord(m.path(ExitFile), status, true); err != nil {
 		logf("record exit: ", err.Error())
 		return 1
 	}
 	return 0
+}
+
+// closeInherited closes the descriptors the monitor inherited by mistake
+// (those of ternd's own parent, say), except stdio and keep: the monitor
+// lives as long as its container, and an inherited pipe it held open would
+// keep its reader waiting for EOF as long. Inherited descriptors are those
+// without close-on-exec; Go opens all of its own with it.
+func closeInherited(keep int) {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd <= 2 || fd == keep {
+			continue
+		}
+		if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
+			unix.Close(fd)
+		}
+	}
 }
 
 // create runs runc create with the container's stdio on pipes and returns
@@ -233,10 +255,16 @@ func (m *monitor) create() (stdout, stderr *os.File, pid int, err error) {
 	}
 	errR, errW, err := os.Pipe()
 	if err != nil {
+		outR.Close()
+		outW.Close()
 		return nil, nil, 0, err
 	}
 	devNull, err := os.Open(os.DevNull)
 	if err != nil {
+		outR.Close()
+		outW.Close()
+		errR.Close()
+		errW.Close()
 		return nil, nil, 0, err
 	}
 	defer devNull.Close()
@@ -248,7 +276,9 @@ func (m *monitor) create() (stdout, stderr *os.File, pid int, err error) {
 	errW.Close()
 	if err != nil {
 		// runc prints its error on the stderr it would have given the
-		// container; nothing else wrote there.
+		// container; nothing else wrote there. A leftover runc init could
+		// hold the pipe open: do not wait for EOF long.
+		errR.SetReadDeadline(time.Now().Add(time.Second))
 		msg, _ := io.ReadAll(io.LimitReader(errR, 4096))
 		outR.Close()
 		errR.Close()
@@ -306,7 +336,7 @@ func (m *monitor) runcCmd(args ...string) ([]byte, error) {
 // the monitor's exit code.
 func (m *monitor) fail(err error) int {
 	logf(err.Error())
-	if werr := WriteRecord(m.path(ExitFile), ExitStatus{Code: -1, Error: err.Error(), ExitedAt: time.Now().UTC()}); werr != nil {
+	if werr := WriteRecord(m.path(ExitFile), ExitStatus{Code: -1, Error: err.Error(), ExitedAt: time.Now().UTC()}, true); werr != nil {
 		logf("record failure: ", werr.Error())
 	}
 	m.report(Report{Error: err.Error()})

@@ -9,10 +9,12 @@ import (
 
 // A container's state directory (Config.StateDir) holds the files below.
 // The monitor writes Record and ExitStatus; ternd only reads them, so a
-// ternd restart loses nothing. Each record is replaced whole (write to a
-// temporary file, fsync, rename, fsync the directory): after a crash at
-// any point a record is either absent or complete, and readers ignore the
-// ".*.tmp-*" leftovers, which removing the directory deletes.
+// ternd restart loses nothing. Each record is replaced whole (written to a
+// temporary file, renamed over): whatever process crashes, readers see a
+// record absent or complete, and ignore the ".*.tmp-*" leftovers, which
+// removing the directory deletes. Only exit.json is also fsynced, because
+// only it must survive power loss (see Record for why monitor.json need
+// not).
 const (
 	RecordFile  = "monitor.json" // Record
 	ExitFile    = "exit.json"    // ExitStatus
@@ -25,7 +27,10 @@ const (
 // starts (InitPid 0: starting), then once the container runs. After a crash
 // it is absent (the monitor never ran: the container is stopped), or it
 // names processes by pid, start time and boot id, so that pids reused after
-// the monitor died, or after a reboot, are never mistaken for it.
+// the monitor died, or after a reboot, are never mistaken for it. It is not
+// fsynced: after power loss it may also be empty or cut, which readers take
+// as absent; either way it would name processes of a boot that is over,
+// which are stopped.
 type Record struct {
 	MonitorPid   int       `json:"monitor_pid"`
 	MonitorStart uint64    `json:"monitor_start"` // starttime field of /proc/PID/stat
@@ -61,9 +66,11 @@ type Report struct {
 	Error string `json:"error,omitempty"`
 }
 
-// WriteFileAtomic replaces path with data so that, after a crash at any
-// point, path holds either its old content or data, never a mix.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+// WriteFileAtomic replaces path with data so that, after a crash of any
+// process, path holds either its old content or data, never a mix. With
+// durable, it also survives power loss (fsync of the file, then of the
+// directory); without, the file is only as durable as the page cache.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode, durable bool) error {
 	dir, base := filepath.Split(path)
 	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
 	if err != nil {
@@ -74,7 +81,7 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	if err == nil {
 		err = f.Chmod(perm)
 	}
-	if err == nil {
+	if err == nil && durable {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -86,6 +93,9 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	if err != nil {
 		os.Remove(tmp)
 		return err
+	}
+	if !durable {
+		return nil
 	}
 	d, err := os.Open(dir)
 	if err != nil {
@@ -99,8 +109,8 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 type jsonRecord interface{ AppendJSON([]byte) []byte }
 
 // WriteRecord writes a record with WriteFileAtomic.
-func WriteRecord(path string, r jsonRecord) error {
-	return WriteFileAtomic(path, append(r.AppendJSON(nil), '\n'), 0o644)
+func WriteRecord(path string, r jsonRecord, durable bool) error {
+	return WriteFileAtomic(path, append(r.AppendJSON(nil), '\n'), 0o644, durable)
 }
 
 // The AppendJSON methods encode records by hand, exactly as encoding/json
