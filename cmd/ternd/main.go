@@ -39,6 +39,8 @@ func run() error {
 	flag.StringVar(&cfg.CgroupParent, "cgroup-parent", "/tern", "cgroup under which app containers are placed")
 	flag.BoolVar(&cfg.AllowHostNetwork, "allow-host-network", false, "let apps that ask for it share the device's network")
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	var lanAddr string
+	flag.StringVar(&lanAddr, "lan", ":7443", "LAN API address, served only in developer mode (mutual TLS)")
 	var crashAt string
 	flag.StringVar(&crashAt, "debug-crash-at", "", "FOR TESTS: kill ternd (SIGKILL) right after an update persists this state")
 	flag.Parse()
@@ -81,6 +83,9 @@ func run() error {
 	}()
 	cfg.Logger.Info("ternd starting", "data", cfg.DataDir, "socket", socket, "trusted_keys", len(keys))
 	if err := a.Boot(ctx); err != nil {
+		return err
+	}
+	if err := serveLAN(ctx, a, lanAddr); err != nil {
 		return err
 	}
 	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -112,6 +112,7 @@ func (a *Agent) Handler() http.Handler {
 		a.Logs(r.Context(), r.PathValue("name"), tail, follow, bw)
 		bw.Flush()
 	})
+	a.registerDevRoutes(mux)
 	return mux
 }
 

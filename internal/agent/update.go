@@ -49,7 +49,7 @@ func (a *Agent) Install(ctx context.Context, pkgs ...io.Reader) ([]AppStatus, er
 			seen[pm.App.Name] = true
 			return a.admit(pm, staged)
 		}
-		p, err := app.Read(r, app.ReadOptions{Keys: a.cfg.Keys, Admit: admit}, a.content)
+		p, err := app.Read(r, app.ReadOptions{Keys: a.trustedKeys(), Admit: admit}, a.content)
 		if err == nil {
 			err = a.unpack(ctx, p.Manifest)
 		}
