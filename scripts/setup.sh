@@ -4,7 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(runc busybox-static umoci skopeo zstd iproute2 ca-certificates)
+# runc runs containers; busybox-static, umoci, skopeo and zstd make test images;
+# iproute2 builds test networks; postgresql and mosquitto are the server's
+# production backends, started by the tests themselves; libubootenv-tool,
+# u-boot-tools and grub-common are the bootloader tools of OS updates.
+pkgs=(runc busybox-static umoci skopeo zstd iproute2 ca-certificates util-linux
+	postgresql mosquitto mosquitto-clients libubootenv-tool u-boot-tools grub-common)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

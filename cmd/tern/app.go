@@ -149,8 +149,12 @@ func appVerifyCmd() *cobra.Command {
 			for i, id := range p.SignedBy {
 				short[i] = trust.ShortID(id)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: OK %s %s, %d blob(s) verified, signed by %s\n",
-				args[0], p.Manifest.App.Name, p.Manifest.App.Version, len(p.Manifest.Blobs()), strings.Join(short, ", "))
+			what := p.Manifest.App.Name + " " + p.Manifest.App.Version
+			if o := p.Manifest.OS; o != nil {
+				what = "OS " + o.Version
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: OK %s, %d blob(s) verified, signed by %s\n",
+				args[0], what, len(p.Manifest.Blobs()), strings.Join(short, ", "))
 			return nil
 		},
 	}

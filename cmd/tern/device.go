@@ -213,6 +213,7 @@ func deviceCmd() *cobra.Command {
 		c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	}
 	cmd.AddCommand(install, ps, inspect, logs, remove, rollback, events)
+	cmd.AddCommand(deviceOSCmd(client, &asJSON))
 	addDevCommands(cmd, &device)
 	return cmd
 }

@@ -25,7 +25,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(keysCmd(), appCmd(), deviceCmd())
+	root.AddCommand(keysCmd(), appCmd(), deviceCmd(), osCmd(), serverCmd(), fleetCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "tern:", err)
 		var ee *exitError

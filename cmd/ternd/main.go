@@ -39,10 +39,13 @@ func run() error {
 	flag.StringVar(&cfg.CgroupParent, "cgroup-parent", "/tern", "cgroup under which app containers are placed")
 	flag.BoolVar(&cfg.AllowHostNetwork, "allow-host-network", false, "let apps that ask for it share the device's network")
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	var osConfig string
+	flag.StringVar(&osConfig, "os-config", "", "OS update configuration (slots, bootloader); OS updates are off without it")
 	var lanAddr string
 	flag.StringVar(&lanAddr, "lan", ":7443", "LAN API address, served only in developer mode (mutual TLS)")
 	var crashAt string
 	flag.StringVar(&crashAt, "debug-crash-at", "", "FOR TESTS: kill ternd (SIGKILL) right after an update persists this state")
+	lf := registerLinkFlags()
 	flag.Parse()
 
 	var level slog.Level
@@ -58,6 +61,11 @@ func run() error {
 		return fmt.Errorf("no trusted release keys (*.pub) in %s: ternd installs only signed packages", trustDir)
 	}
 	cfg.Keys = keys
+	if osConfig != "" {
+		if cfg.OS, err = agent.LoadOSConfig(osConfig); err != nil {
+			return err
+		}
+	}
 	if crashAt != "" {
 		cfg.CrashAt = update.State(crashAt)
 		cfg.Crash = func(update.State) { syscall.Kill(os.Getpid(), syscall.SIGKILL) }
@@ -85,6 +93,7 @@ func run() error {
 	if err := a.Boot(ctx); err != nil {
 		return err
 	}
+	lf.start(ctx, a, cfg.DataDir, cfg.Logger)
 	if err := serveLAN(ctx, a, lanAddr); err != nil {
 		return err
 	}

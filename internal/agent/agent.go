@@ -38,6 +38,9 @@ type Config struct {
 	CgroupParent     string            // "" is /tern
 	Logger           *slog.Logger
 
+	// OS configures OS updates (A/B slots, bootloader); nil disables them.
+	OS *OSConfig
+
 	// CrashAt and Crash are for tests of power loss: right after an update
 	// transaction persists state CrashAt, Crash is called (ternd kills itself).
 	CrashAt update.State
@@ -257,6 +260,9 @@ func (a *Agent) unpack(ctx context.Context, pm *app.PackageManifest) error {
 // stored. staged are the packages already admitted in the same install.
 func (a *Agent) admit(pm *app.PackageManifest, staged []*app.PackageManifest) error {
 	m := pm.App
+	if pm.Kind != app.KindApp {
+		return fmt.Errorf("%w: this is an OS package; use tern device os install", ErrRefused)
+	}
 	if want := "linux/" + goruntime.GOARCH; pm.Image.Platform != want {
 		return fmt.Errorf("%w: %s %s is built for %s, this device is %s", ErrRefused, m.Name, m.Version, pm.Image.Platform, want)
 	}

@@ -112,6 +112,14 @@ func (a *Agent) Handler() http.Handler {
 		a.Logs(r.Context(), r.PathValue("name"), tail, follow, bw)
 		bw.Flush()
 	})
+	mux.HandleFunc("GET /v1/os", func(w http.ResponseWriter, r *http.Request) {
+		st, err := a.OSStatus(r.Context())
+		reply(w, st, err)
+	})
+	mux.HandleFunc("POST /v1/os", func(w http.ResponseWriter, r *http.Request) {
+		st, err := a.InstallOS(r.Context(), r.Body)
+		reply(w, st, err)
+	})
 	a.registerDevRoutes(mux)
 	return mux
 }
@@ -207,6 +215,8 @@ func statusOf(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, ErrAlreadyInstalled), errors.Is(err, ErrBusy), errors.Is(err, ErrUpdateAbort), errors.Is(err, ErrNoPrevious):
 		return http.StatusConflict
+	case errors.Is(err, ErrNoOSUpdates):
+		return http.StatusNotImplemented
 	case errors.Is(err, ErrNoSpace):
 		return http.StatusInsufficientStorage
 	case errors.Is(err, ErrDowngrade):

@@ -77,6 +77,7 @@ var (
 	bucketEvents = []byte("events")
 	keyBootID    = []byte("boot_id")
 	keyTxn       = []byte("update")
+	keyOS        = []byte("os")
 )
 
 // maxEvents bounds the events kept on the device; the oldest are dropped first.
@@ -343,4 +344,26 @@ func (s *Store) Commit(t *update.Txn) error {
 		}
 		return nil
 	})
+}
+
+// OS returns the OS state, or nil before the first OS-aware start.
+func (s *Store) OS() (*OSState, error) {
+	var st *OSState
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(keyOS); v != nil {
+			st = &OSState{}
+			return json.Unmarshal(v, st)
+		}
+		return nil
+	})
+	return st, err
+}
+
+// SaveOS writes the OS state.
+func (s *Store) SaveOS(st *OSState) error {
+	data, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyOS, data) })
 }

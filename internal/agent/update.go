@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -36,6 +37,9 @@ var (
 func (a *Agent) Install(ctx context.Context, pkgs ...io.Reader) ([]AppStatus, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// Decompressing layers takes megabytes of buffers a device needs back: return
+	// them to the kernel once the install is over, not whenever the GC gets to it.
+	defer debug.FreeOSMemory()
 	if t, err := a.store.Txn(); err != nil || t != nil {
 		return nil, errors.Join(err, ErrBusy)
 	}
@@ -133,7 +137,11 @@ func (a *Agent) Rollback(ctx context.Context, name string) ([]AppStatus, error) 
 // runs under the agent's context, not a request's: a client that hangs up does not
 // stop an update half way.
 func (a *Agent) runTxn(t *update.Txn, resume bool) error {
-	m := &update.Machine{Actions: appActions{a}, Journal: journal{a}, CrashAt: a.cfg.CrashAt, Crash: a.cfg.Crash}
+	var actions update.Actions = appActions{a}
+	if t.Kind == update.KindOS {
+		actions = osActions{a}
+	}
+	m := &update.Machine{Actions: actions, Journal: journal{a}, CrashAt: a.cfg.CrashAt, Crash: a.cfg.Crash}
 	var err error
 	if resume {
 		err = m.Resume(a.ctx, t)
@@ -147,6 +155,9 @@ func (a *Agent) runTxn(t *update.Txn, resume bool) error {
 		for _, c := range t.Changes {
 			a.store.Update(c.Name, func(r *AppRecord) error { r.Broken = true; return nil })
 		}
+	}
+	if err != nil {
+		a.event(Event{Kind: "update", Txn: t.ID, To: string(t.State), Message: "ended: " + err.Error()})
 	}
 	if serr := a.store.SaveTxn(nil); serr != nil {
 		return errors.Join(err, serr)
@@ -175,8 +186,11 @@ func (j journal) Event(t *update.Txn, from, to update.State, err error) {
 		names = append(names, c.Name+" "+c.From+"->"+c.To)
 	}
 	e := Event{Kind: "update", Txn: t.ID, From: string(from), To: string(to), App: strings.Join(names, ", ")}
-	if err != nil {
+	switch {
+	case err != nil:
 		e.Message = err.Error()
+	case to == update.RollingBack || to == update.RolledBack:
+		e.Message = t.Error // why, again: a rollback resumed after a reboot says so too
 	}
 	j.a.log.Info("update", "txn", t.ID, "from", from, "to", to, "apps", e.App, "err", err)
 	j.a.event(e)

@@ -232,13 +232,22 @@ func mustHash(s string) v1.Hash {
 // BuildFile runs Build into out, written beside it and renamed into place, so a
 // failed build never leaves a partial package where a good one is expected.
 func BuildFile(ctx context.Context, opts BuildOptions, out string) (*PackageManifest, error) {
+	return buildFile(out, func(w io.Writer) (*PackageManifest, error) { return Build(ctx, opts, w) })
+}
+
+// BuildOSFile runs BuildOS into out, as BuildFile does.
+func BuildOSFile(ctx context.Context, opts OSBuildOptions, out string) (*PackageManifest, error) {
+	return buildFile(out, func(w io.Writer) (*PackageManifest, error) { return BuildOS(ctx, opts, w) })
+}
+
+func buildFile(out string, build func(io.Writer) (*PackageManifest, error)) (*PackageManifest, error) {
 	tmp, err := os.CreateTemp(filepath.Dir(out), ".tern-build-*")
 	if err != nil {
 		return nil, err
 	}
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
-	pm, err := Build(ctx, opts, tmp)
+	pm, err := build(tmp)
 	if err != nil {
 		return nil, err
 	}

@@ -16,7 +16,8 @@ type Info struct {
 	File       string          `json:"file"`
 	Size       int64           `json:"size"`
 	App        Manifest        `json:"app"`
-	Image      Image           `json:"image"`
+	Image      Image           `json:"image,omitzero"`
+	OS         *OSImage        `json:"os,omitempty"`
 	Signatures []SignatureInfo `json:"signatures"`
 }
 
@@ -43,7 +44,7 @@ func InspectFile(path string, keys []trust.PublicKey) (*Info, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	info := &Info{File: path, Size: fi.Size(), App: p.Manifest.App, Image: p.Manifest.Image}
+	info := &Info{File: path, Size: fi.Size(), App: p.Manifest.App, Image: p.Manifest.Image, OS: p.Manifest.OS}
 	for _, s := range p.Envelope.Signatures {
 		si := SignatureInfo{KeyID: s.KeyID}
 		if keys != nil {
@@ -61,6 +62,14 @@ func (info *Info) WriteText(w io.Writer) error {
 	a := info.App
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "Package:\t%s (%s)\n", info.File, humanBytes(info.Size))
+	if o := info.OS; o != nil {
+		fmt.Fprintf(tw, "OS:\t%s\nDevice types:\t%s\nImage:\t%s (%s)\nPayload:\t%s (%s, zstd)\nDowngrade:\t%v\n",
+			o.Version, strings.Join(o.DeviceTypes, ", "), shortDigest(o.Image.Digest), humanBytes(o.Image.Size),
+			shortDigest(o.Payload.Digest), humanBytes(o.Payload.Size), o.AllowDowngrade)
+		tw.Flush()
+		info.writeSignatures(w)
+		return nil
+	}
 	fmt.Fprintf(tw, "App:\t%s %s\n", a.Name, a.Version)
 	fmt.Fprintf(tw, "Platform:\t%s\n", info.Image.Platform)
 	fmt.Fprintf(tw, "Command:\t%s\n", strings.Join(quoteAll(a.Command), " "))
@@ -98,6 +107,11 @@ func (info *Info) WriteText(w io.Writer) error {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\n", shortDigest(l.Digest), humanBytes(l.Size), l.MediaType)
 	}
 	tw.Flush()
+	info.writeSignatures(w)
+	return nil
+}
+
+func (info *Info) writeSignatures(w io.Writer) {
 	fmt.Fprintf(w, "Signatures:\n")
 	for _, s := range info.Signatures {
 		mark := ""
@@ -109,7 +123,6 @@ func (info *Info) WriteText(w io.Writer) error {
 		}
 		fmt.Fprintf(w, "  key %s%s\n", trust.ShortID(s.KeyID), mark)
 	}
-	return nil
 }
 
 func (h *Health) probe() string {

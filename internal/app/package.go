@@ -78,13 +78,25 @@ type Image struct {
 // user resolved from the image, and every blob by digest and size. It is the payload
 // the release keys sign.
 type PackageManifest struct {
-	Format int      `json:"format"`
-	App    Manifest `json:"app"`
-	Image  Image    `json:"image"`
+	Format int `json:"format"`
+	// Kind is KindApp (the default, written as nothing) or KindOS.
+	Kind  string   `json:"kind,omitempty"`
+	App   Manifest `json:"app,omitzero"`
+	Image Image    `json:"image,omitzero"`
+	OS    *OSImage `json:"os,omitempty"`
 }
+
+// Package kinds.
+const (
+	KindApp = ""   // an app: an OCI image and its manifest
+	KindOS  = "os" // a root file system image for an A/B slot
+)
 
 // Blobs returns the package's blobs in package order, each digest once.
 func (p *PackageManifest) Blobs() []Descriptor {
+	if p.Kind == KindOS && p.OS != nil {
+		return []Descriptor{p.OS.Payload}
+	}
 	seen := map[string]bool{}
 	var out []Descriptor
 	for _, d := range append([]Descriptor{p.Image.Config}, p.Image.Layers...) {
@@ -106,6 +118,19 @@ func parsePackageManifest(data []byte) (*PackageManifest, error) {
 	}
 	if pm.Format != FormatVersion {
 		return nil, fmt.Errorf("%w: manifest.json format %d, this tern reads %d", ErrUnsupportedFormat, pm.Format, FormatVersion)
+	}
+	switch pm.Kind {
+	case KindApp:
+		if pm.OS != nil {
+			return nil, fmt.Errorf("%w: an app package with an os section", ErrBadManifest)
+		}
+	case KindOS:
+		if err := pm.validateOS(); err != nil {
+			return nil, err
+		}
+		return &pm, nil
+	default:
+		return nil, fmt.Errorf("%w: unknown package kind %q", ErrUnsupportedFormat, pm.Kind)
 	}
 	if err := pm.App.Validate(); err != nil {
 		return nil, err

@@ -35,6 +35,12 @@ func (s State) Terminal() bool { return s == Committed || s == RolledBack }
 // the device forever.
 const MaxEntries = 3
 
+// Transaction kinds.
+const (
+	KindApps = ""   // app versions swapped by the agent
+	KindOS   = "os" // a root file system slot switched by the bootloader
+)
+
 // Change is one app (or the OS) in a transaction.
 type Change struct {
 	Name string `json:"name"`
@@ -50,7 +56,9 @@ type Change struct {
 // Invariant after a crash at any point: the stored Txn names the last state whose
 // work had started; its work is idempotent, so Recover may run it again.
 type Txn struct {
-	ID        string          `json:"id"`
+	ID string `json:"id"`
+	// Kind says which actions apply: KindApps or KindOS.
+	Kind      string          `json:"kind,omitempty"`
 	State     State           `json:"state"`
 	Changes   []Change        `json:"changes"`
 	Entries   map[State]int   `json:"entries"`

@@ -1,0 +1,204 @@
+package link
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/eclipse/paho.golang/autopaho"
+	"github.com/eclipse/paho.golang/paho"
+)
+
+// ReportFunc returns the device's current reported state.
+type ReportFunc func(ctx context.Context) (Reported, error)
+
+// ClientConfig configures a device's link to the server.
+type ClientConfig struct {
+	Identity *Identity
+	// Report is called at connect and every ReportEvery; the state is published
+	// (retained) whenever it differs from what was last published.
+	Report      ReportFunc
+	ReportEvery time.Duration // default 10s
+	KeepAlive   uint16        // seconds; default 30
+	Logger      *slog.Logger
+}
+
+// Client is a device's MQTT connection to the server: it connects with the device
+// certificate, leaves a will that marks it offline, announces itself online,
+// publishes its reported state, and reconnects with exponential backoff.
+type Client struct {
+	cfg ClientConfig
+	log *slog.Logger
+
+	mu      sync.Mutex
+	session string // the current connection's session name
+	last    []byte // the last reported state the broker acknowledged
+	up      chan struct{}
+}
+
+// NewClient returns a client; Run connects it.
+func NewClient(cfg ClientConfig) *Client {
+	if cfg.ReportEvery == 0 {
+		cfg.ReportEvery = 10 * time.Second
+	}
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = 30
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Client{cfg: cfg, log: cfg.Logger, up: make(chan struct{}, 1)}
+}
+
+// Run keeps the link up until ctx ends, then says offline and disconnects.
+func (c *Client) Run(ctx context.Context) error {
+	id := c.cfg.Identity
+	tlsCfg, err := id.TLSConfig()
+	if err != nil {
+		return err
+	}
+	u, err := url.Parse(id.MQTTURL)
+	if err != nil {
+		return fmt.Errorf("broker url: %w", err)
+	}
+	statusTopic := Topic(id.DeviceID, TopicStatus)
+	connCtx, cancelConn := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelConn()
+	cm, err := autopaho.NewConnection(connCtx, autopaho.ClientConfig{
+		ServerUrls:                    []*url.URL{u},
+		TlsCfg:                        tlsCfg,
+		KeepAlive:                     c.cfg.KeepAlive,
+		CleanStartOnInitialConnection: true,
+		SessionExpiryInterval:         0,
+		ConnectTimeout:                15 * time.Second,
+		ReconnectBackoff:              backoff,
+		ConnectPacketBuilder: func(cp *paho.Connect, _ *url.URL) (*paho.Connect, error) {
+			session := newSession()
+			c.mu.Lock()
+			c.session = session
+			c.mu.Unlock()
+			will, _ := json.Marshal(StatusMessage{State: Offline, Session: session})
+			cp.WillMessage = &paho.WillMessage{Topic: statusTopic, Payload: will, QoS: 1, Retain: true}
+			return cp, nil
+		},
+		OnConnectionUp: func(*autopaho.ConnectionManager, *paho.Connack) {
+			c.log.Info("connected to server", "device", id.DeviceID, "broker", u.Host)
+			select {
+			case c.up <- struct{}{}:
+			default:
+			}
+		},
+		OnConnectError: func(err error) { c.log.Warn("server connection failed", "err", err) },
+		ClientConfig:   paho.ClientConfig{ClientID: id.DeviceID},
+	})
+	if err != nil {
+		return err
+	}
+	ticker := time.NewTicker(c.cfg.ReportEvery)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			c.goodbye(cm, statusTopic)
+			cancelConn()
+			<-cm.Done()
+			return nil
+		case <-c.up:
+			c.mu.Lock()
+			c.last = nil // a new connection: publish everything again
+			session := c.session
+			c.mu.Unlock()
+			msg, _ := json.Marshal(StatusMessage{State: Online, Session: session, At: time.Now().UTC()})
+			if err := c.publish(ctx, cm, statusTopic, msg); err != nil {
+				c.log.Warn("publish online", "err", err)
+				continue
+			}
+			c.report(ctx, cm)
+		case <-ticker.C:
+			c.report(ctx, cm)
+		}
+	}
+}
+
+// report publishes the reported state if it changed since the last acknowledged one.
+func (c *Client) report(ctx context.Context, cm *autopaho.ConnectionManager) {
+	if c.cfg.Report == nil {
+		return
+	}
+	st, err := c.cfg.Report(ctx)
+	if err != nil {
+		c.log.Warn("reported state", "err", err)
+		return
+	}
+	doc, err := json.Marshal(st)
+	if err != nil {
+		c.log.Warn("reported state", "err", err)
+		return
+	}
+	c.mu.Lock()
+	same := bytes.Equal(doc, c.last)
+	c.mu.Unlock()
+	if same {
+		return
+	}
+	if err := c.publish(ctx, cm, Topic(c.cfg.Identity.DeviceID, TopicReported), doc); err != nil {
+		c.log.Warn("publish reported state", "err", err)
+		return
+	}
+	c.mu.Lock()
+	c.last = doc
+	c.mu.Unlock()
+}
+
+// publish sends a retained QoS 1 message and waits for the broker's PUBACK; a
+// negative reason code is an error.
+func (c *Client) publish(ctx context.Context, cm *autopaho.ConnectionManager, topic string, payload []byte) error {
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	res, err := cm.Publish(pctx, &paho.Publish{Topic: topic, Payload: payload, QoS: 1, Retain: true})
+	if err != nil {
+		return err
+	}
+	if res != nil && res.ReasonCode >= 0x80 {
+		return fmt.Errorf("broker refused publish to %s: reason 0x%02x", topic, res.ReasonCode)
+	}
+	return nil
+}
+
+// goodbye says offline (a clean DISCONNECT sends no will) and disconnects.
+func (c *Client) goodbye(cm *autopaho.ConnectionManager, statusTopic string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	c.mu.Lock()
+	session := c.session
+	c.mu.Unlock()
+	msg, _ := json.Marshal(StatusMessage{State: Offline, Session: session, At: time.Now().UTC()})
+	if err := c.publish(ctx, cm, statusTopic, msg); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		c.log.Debug("publish offline", "err", err)
+	}
+	cm.Disconnect(ctx)
+}
+
+// backoff waits 0.5s, 1s, 2s ... up to a minute between attempts, with jitter so
+// a fleet that lost its server does not come back in lockstep.
+func backoff(attempt int) time.Duration {
+	d := 500 * time.Millisecond << min(attempt, 7)
+	d = min(d, time.Minute)
+	j, _ := rand.Int(rand.Reader, big.NewInt(int64(d/2)+1))
+	return d/2 + time.Duration(j.Int64())
+}
+
+func newSession() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}

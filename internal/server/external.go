@@ -1,0 +1,167 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/eclipse/paho.golang/autopaho"
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/tern-iot/tern/internal/link"
+)
+
+// ServerClientCN is the certificate name the server uses towards an external
+// broker; the broker's ACL gives it every device topic.
+const ServerClientCN = "tern-server"
+
+// externalBroker is an MQTT 5 broker run by someone else (e.g. Mosquitto). The
+// server connects to it as a client with a persistent session and subscribes to
+// every device's status and reported topics; the broker itself authenticates
+// devices by certificate and confines them with its ACL. The server prepares the
+// broker's TLS and ACL files under DataDir/broker/ (see docs/server.md).
+type externalBroker struct {
+	s   *Server
+	u   *url.URL
+	cm  *autopaho.ConnectionManager
+	ctx context.Context
+}
+
+func newExternalBroker(s *Server) (Broker, error) {
+	u, err := url.Parse(s.cfg.Broker)
+	if err != nil || (u.Scheme != "mqtts" && u.Scheme != "ssl" && u.Scheme != "tls") || u.Host == "" {
+		return nil, fmt.Errorf("--broker must be mqtts://host:port")
+	}
+	return &externalBroker{s: s, u: u}, nil
+}
+
+// writeBrokerFiles writes what a Mosquitto configuration refers to: the CAs it
+// trusts for clients (every account's device CA and the server CA), a broker
+// certificate issued by the server CA (so devices, which trust only the server CA,
+// accept the broker), and the ACL.
+func (b *externalBroker) writeBrokerFiles(ctx context.Context) error {
+	dir := filepath.Join(b.s.cfg.DataDir, "broker")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	accts, err := b.s.store.Accounts(ctx)
+	if err != nil {
+		return err
+	}
+	cas := append([]byte{}, b.s.serverCA.certPEM...)
+	for _, a := range accts {
+		cas = append(cas, a.CACert...)
+	}
+	host := b.u.Hostname()
+	certPEM, keyPEM, err := b.s.serverCA.serverCert([]string{host, "localhost", "127.0.0.1", "::1"}, b.s.now())
+	if err != nil {
+		return err
+	}
+	acl := "# Written by tern server. The server reads and writes every device's topics;\n" +
+		"# each device (username = certificate CN = device id) only its own.\n" +
+		"user " + ServerClientCN + "\ntopic readwrite " + link.TopicPrefix + "#\n\n" +
+		"pattern readwrite " + link.TopicPrefix + "%u/#\n"
+	for name, data := range map[string][]byte{"clients-ca.pem": cas, "broker.crt": certPEM, "broker.key": keyPEM, "acl": []byte(acl)} {
+		if err := writeFileAtomic(filepath.Join(dir, name), data, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *externalBroker) Start(ctx context.Context) error {
+	b.ctx = ctx
+	if err := b.writeBrokerFiles(ctx); err != nil {
+		return err
+	}
+	var cert tls.Certificate
+	var err error
+	if b.s.cfg.BrokerCert != "" {
+		cert, err = tls.LoadX509KeyPair(b.s.cfg.BrokerCert, b.s.cfg.BrokerKey)
+	} else {
+		var certPEM, keyPEM []byte
+		if certPEM, keyPEM, err = b.s.serverCA.clientCert(ServerClientCN, b.s.now()); err == nil {
+			cert, err = tls.X509KeyPair(certPEM, keyPEM)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("broker client certificate: %w", err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(b.s.serverCA.cert)
+	tlsCfg := &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: roots, MinVersion: tls.VersionTLS12,
+		ServerName: b.u.Hostname()}
+	filters := []string{link.TopicPrefix + "+/" + link.TopicStatus, link.TopicPrefix + "+/" + link.TopicReported}
+	b.cm, err = autopaho.NewConnection(ctx, autopaho.ClientConfig{
+		ServerUrls:                    []*url.URL{b.u},
+		TlsCfg:                        tlsCfg,
+		KeepAlive:                     30,
+		CleanStartOnInitialConnection: false,
+		SessionExpiryInterval:         3600, // messages published while the server is down wait for it
+		ReconnectBackoff:              func(n int) time.Duration { return min(500*time.Millisecond<<min(n, 6), 30*time.Second) },
+		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
+			b.s.log.Info("connected to external broker", "broker", b.u.Host)
+			go func() {
+				var subs []paho.SubscribeOptions
+				for _, f := range filters {
+					subs = append(subs, paho.SubscribeOptions{Topic: f, QoS: 1})
+				}
+				if _, err := cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: subs}); err != nil {
+					b.s.log.Error("subscribe on external broker", "err", err)
+				}
+			}()
+		},
+		OnConnectError: func(err error) { b.s.log.Warn("external broker connection failed", "broker", b.u.Host, "err", err) },
+		ClientConfig: paho.ClientConfig{
+			ClientID: ServerClientCN,
+			OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+				id, kind, ok := link.SplitTopic(pr.Packet.Topic)
+				if !ok {
+					return true, nil
+				}
+				mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				defer cancel()
+				if err := b.s.deviceMessage(mctx, id, "", kind, pr.Packet.Payload); err != nil {
+					b.s.log.Warn("device message refused", "device", id, "kind", kind, "err", err)
+				}
+				return true, nil
+			}},
+		},
+	})
+	return err
+}
+
+func (b *externalBroker) Addr() string {
+	if _, _, err := net.SplitHostPort(b.u.Host); err == nil {
+		return b.u.Host
+	}
+	return net.JoinHostPort(b.u.Host, "8883")
+}
+
+// Disconnect cannot reach into another broker. A decommissioned device's
+// certificate is forgotten by the directory, so its messages are refused by the
+// server; cutting its connection needs a CRL on the broker (not yet written).
+func (b *externalBroker) Disconnect(id string) {
+	b.s.log.Warn("external broker: decommissioned device stays connected until the broker refuses its certificate", "device", id)
+}
+
+func (b *externalBroker) Close() error {
+	if b.cm == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	err := b.cm.Disconnect(ctx)
+	if errors.Is(err, autopaho.ConnectionDownError) || strings.Contains(fmt.Sprint(err), "not connected") {
+		return nil
+	}
+	return err
+}

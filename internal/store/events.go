@@ -1,0 +1,82 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"time"
+)
+
+// Event types the directory records.
+const (
+	EventEnrolled       = "enrolled"       // a device was admitted and holds a certificate
+	EventPending        = "pending"        // a device asked to enroll with a manual-approval token
+	EventAccepted       = "accepted"       // an operator accepted a pending device
+	EventRejected       = "rejected"       // an operator rejected a pending device
+	EventCertIssued     = "cert_issued"    // a device received a (new) certificate
+	EventOnline         = "online"         // a device connected
+	EventOffline        = "offline"        // a device's connection ended
+	EventReported       = "reported"       // a device's reported state changed
+	EventLabels         = "labels"         // a device's labels changed
+	EventDecommissioned = "decommissioned" // a device's certificate was revoked for good
+)
+
+// Event is one entry of an account's event log. Seq orders the events of all
+// accounts; a reader resumes after the last seq it saw.
+type Event struct {
+	Seq       int64           `json:"seq"`
+	AccountID string          `json:"-"`
+	Type      string          `json:"type"`
+	DeviceID  string          `json:"device,omitempty"`
+	Data      json.RawMessage `json:"data,omitempty"`
+	At        time.Time       `json:"at"`
+}
+
+func (s *Store) addEvent(ctx context.Context, tx *sql.Tx, e Event) error {
+	data := string(e.Data)
+	if data == "" {
+		data = "{}"
+	}
+	_, err := tx.ExecContext(ctx, s.q(`INSERT INTO events (account_id, type, device_id, data, at) VALUES (?, ?, ?, ?, ?)`),
+		e.AccountID, e.Type, e.DeviceID, data, micros(e.At))
+	return err
+}
+
+// Events returns up to limit events of account with seq greater than after, oldest
+// first. account "" reads every account's events (the webhook dispatcher).
+func (s *Store) Events(ctx context.Context, account string, after int64, limit int) ([]Event, error) {
+	if limit <= 0 || limit > 1000 {
+		limit = 1000
+	}
+	query, args := `SELECT seq, account_id, type, device_id, data, at FROM events WHERE seq > ?`, []any{after}
+	if account != "" {
+		query += ` AND account_id = ?`
+		args = append(args, account)
+	}
+	query += ` ORDER BY seq LIMIT ?`
+	args = append(args, limit)
+	rows, err := s.db.QueryContext(ctx, s.q(query), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []Event{}
+	for rows.Next() {
+		var e Event
+		var data string
+		var at int64
+		if err := rows.Scan(&e.Seq, &e.AccountID, &e.Type, &e.DeviceID, &data, &at); err != nil {
+			return nil, err
+		}
+		e.Data, e.At = json.RawMessage(data), fromMicros(at)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// LastEventSeq returns the newest event's seq (0 when there is none).
+func (s *Store) LastEventSeq(ctx context.Context) (int64, error) {
+	var seq sql.NullInt64
+	err := s.db.QueryRowContext(ctx, `SELECT MAX(seq) FROM events`).Scan(&seq)
+	return seq.Int64, err
+}
