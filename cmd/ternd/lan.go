@@ -19,8 +19,12 @@ func serveLAN(ctx context.Context, a *agent.Agent, addr string) error {
 	log := a.Logger()
 	srv := &devmode.Server{
 		Addr: addr, Handler: a.Handler(), Device: a, Identity: id, Log: log,
-		Advertise: func(ctx context.Context, info devmode.DeviceInfo, port int) (func(), error) {
-			return discovery.Advertise(ctx, log, info, port)
+		Advertise: func(ctx context.Context, info devmode.DeviceInfo, port int) (devmode.Announcement, error) {
+			ann, err := discovery.Advertise(ctx, log, info, port)
+			if err != nil {
+				return nil, err // not a typed nil in the interface
+			}
+			return ann, nil
 		},
 	}
 	go srv.Run(ctx)

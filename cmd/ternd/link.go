@@ -14,6 +14,7 @@ import (
 
 	"github.com/tern-iot/tern/internal/agent"
 	"github.com/tern-iot/tern/internal/link"
+	"github.com/tern-iot/tern/internal/trust"
 )
 
 // version is ternd's version, set at build time with -ldflags "-X main.version=...".
@@ -30,6 +31,16 @@ func registerLinkFlags() *linkFlags {
 	flag.StringVar(&f.server, "server", "", "management server URL (https://host:8443), used with --enroll-token")
 	flag.StringVar(&f.token, "enroll-token", "", "enrollment token from `tern fleet tokens create`")
 	return f
+}
+
+// managed reports whether ternd is or will be enrolled (a token, or an identity):
+// then the account's release keys come from the server.
+func (f *linkFlags) managed(dataDir string) bool {
+	if f.token != "" {
+		return true
+	}
+	_, err := link.LoadIdentity(filepath.Join(dataDir, "identity"))
+	return err == nil
 }
 
 // start enrolls the device if asked to (or reuses the identity under DATA/identity)
@@ -53,7 +64,11 @@ func (f *linkFlags) start(ctx context.Context, a *agent.Agent, dataDir string, l
 			return
 		}
 		log.Info("device identity", "device", id.DeviceID, "broker", id.MQTTURL)
-		c := link.NewClient(link.ClientConfig{Identity: id, Logger: log, Report: reporter(a)})
+		if err := manage(a, id); err != nil {
+			log.Error("server management off", "err", err)
+		}
+		c := link.NewClient(link.ClientConfig{Identity: id, Logger: log, Report: reporter(a),
+			OnDesired: a.OfferDesired, Events: events(a), EventsReady: a.EventsReady()})
 		if err := c.Run(ctx); err != nil {
 			log.Error("server link", "err", err)
 		}
@@ -80,6 +95,60 @@ func enrollWithRetry(ctx context.Context, server, token, dir string, log *slog.L
 	}
 }
 
+// manage trusts the account's release keys received at enrollment and lets the
+// agent follow the server's desired state, signed by the director key.
+func manage(a *agent.Agent, id *link.Identity) error {
+	keys, err := trust.LoadPublicKeyDir(id.TrustDir())
+	if err != nil {
+		return err
+	}
+	var director *trust.PublicKey
+	var release []trust.PublicKey
+	for _, k := range keys {
+		if k.ID == directorID(id) {
+			director = &k
+			continue
+		}
+		release = append(release, k)
+	}
+	a.AddTrustedKeys(release...)
+	if director == nil {
+		return errors.New("no director key in " + id.TrustDir())
+	}
+	tlsCfg, err := id.TLSConfig()
+	if err != nil {
+		return err
+	}
+	a.Manage(agent.Management{DeviceID: id.DeviceID, ServerURL: id.ServerURL, Director: *director, TLS: tlsCfg})
+	return nil
+}
+
+// directorID is the key id of the director key received at enrollment.
+func directorID(id *link.Identity) string {
+	k, err := trust.LoadPublicKey(filepath.Join(id.TrustDir(), "director.pub"))
+	if err != nil {
+		return ""
+	}
+	return k.ID
+}
+
+// events turns the agent's events into the messages the server reads.
+func events(a *agent.Agent) func(since uint64) ([]link.EventMessage, error) {
+	return func(since uint64) ([]link.EventMessage, error) {
+		evs, err := a.Events(since)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]link.EventMessage, 0, len(evs))
+		for _, e := range evs {
+			out = append(out, link.EventMessage{Seq: e.Seq, Time: e.Time, Kind: e.Kind, App: e.App, Version: e.Version,
+				Txn: e.Txn, From: e.From, To: e.To, Message: e.Message, State: e.State,
+				DesiredVersion: e.DesiredVersion, Campaign: e.Campaign})
+		}
+		return out, nil
+	}
+}
+
 // reporter builds the reported state from the agent's apps.
 func reporter(a *agent.Agent) link.ReportFunc {
 	host, _ := os.Hostname()
@@ -97,7 +166,14 @@ func reporter(a *agent.Agent) link.ReportFunc {
 		if err != nil {
 			return link.Reported{}, err
 		}
-		return link.Reported{AgentVersion: version, OS: osName, Arch: runtime.GOARCH, Hostname: host, Apps: data}, nil
+		desired, done := a.DesiredVersion()
+		upd := map[string]any{"desired_version": desired, "desired_done": done}
+		if st, err := a.OSStatus(ctx); err == nil {
+			st.Bootloader = nil
+			upd["os"] = st
+		}
+		updJSON, _ := json.Marshal(upd)
+		return link.Reported{AgentVersion: version, OS: osName, Arch: runtime.GOARCH, Hostname: host, Apps: data, Update: updJSON}, nil
 	}
 }
 

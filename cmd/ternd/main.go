@@ -57,8 +57,8 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	if len(keys) == 0 {
-		return fmt.Errorf("no trusted release keys (*.pub) in %s: ternd installs only signed packages", trustDir)
+	if len(keys) == 0 && !lf.managed(cfg.DataDir) {
+		return fmt.Errorf("no trusted release keys (*.pub) in %s, and no enrollment to receive them from: ternd installs only signed packages", trustDir)
 	}
 	cfg.Keys = keys
 	if osConfig != "" {

@@ -65,6 +65,10 @@ type Agent struct {
 	sups   map[string]*supervisor
 
 	backoffBase time.Duration // first restart delay; tests shorten it
+
+	keysMu sync.Mutex    // guards cfg.Keys, which enrollment extends
+	mgr    *manager      // set by Manage once enrolled (guarded by supsMu)
+	events chan struct{} // signalled when an event is recorded
 }
 
 // New opens the agent's state in cfg.DataDir. Call Boot to adopt or start apps.
@@ -94,7 +98,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Agent{cfg: cfg, store: store, content: content, rt: rt, log: cfg.Logger,
-		ctx: ctx, cancel: cancel, sups: map[string]*supervisor{}, backoffBase: backoffBase}, nil
+		ctx: ctx, cancel: cancel, sups: map[string]*supervisor{}, backoffBase: backoffBase, events: make(chan struct{}, 1)}, nil
 }
 
 // Close stops supervising and closes the store. Containers keep running: the next

@@ -37,6 +37,9 @@ func NewClient(device string) (*Client, error) {
 	if device == "" {
 		device = "unix://" + DefaultSocket
 	}
+	if strings.HasPrefix(device, "/") {
+		device = "unix://" + device // a socket path
+	}
 	if !strings.Contains(device, "://") || strings.HasPrefix(device, "tern://") || strings.HasPrefix(device, "https://") {
 		dir, err := devmode.ConfigDir()
 		if err != nil {

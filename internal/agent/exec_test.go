@@ -89,3 +89,24 @@ func TestExecStreamsOutputStdinAndExitCode(t *testing.T) {
 		t.Fatalf("exec in a stopped app: %v", err)
 	}
 }
+
+func FuzzReadFrame(f *testing.F) {
+	var buf bytes.Buffer
+	fw := &FrameWriter{W: &buf}
+	fw.WriteFrame(FrameStdout, []byte("hello"))
+	fw.WriteFrame(FrameExit, []byte{0, 0, 0, 7})
+	f.Add(buf.Bytes())
+	f.Add([]byte{'o', 0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := bytes.NewReader(data)
+		for {
+			_, p, err := ReadFrame(r)
+			if err != nil {
+				return
+			}
+			if len(p) > maxFrame {
+				t.Fatalf("frame of %d bytes", len(p))
+			}
+		}
+	})
+}

@@ -37,6 +37,7 @@ type OSConfig struct {
 		Kind        string `yaml:"kind"`          // file | uboot | grub
 		EnvFile     string `yaml:"env_file"`      // file: the env file; grub: the grubenv
 		FwEnvConfig string `yaml:"fw_env_config"` // uboot: fw_env.config
+		DefaultEnv  string `yaml:"default_env"`   // uboot: the board's default env, for a never-saved env
 	} `yaml:"bootloader"`
 	// RebootCommand reboots the device (default: systemctl reboot).
 	RebootCommand []string `yaml:"reboot_command"`
@@ -93,7 +94,8 @@ func LoadOSConfig(path string) (*OSConfig, error) {
 }
 
 func (c *OSConfig) bootloaderConfig() update.BootloaderConfig {
-	return update.BootloaderConfig{Kind: c.Bootloader.Kind, EnvFile: c.Bootloader.EnvFile, FwEnvConfig: c.Bootloader.FwEnvConfig}
+	return update.BootloaderConfig{Kind: c.Bootloader.Kind, EnvFile: c.Bootloader.EnvFile,
+		FwEnvConfig: c.Bootloader.FwEnvConfig, DefaultEnv: c.Bootloader.DefaultEnv}
 }
 
 // OSState is the OS as the device knows it, persisted in state.db.
@@ -115,13 +117,6 @@ type OSStatus struct {
 	Slots      map[string]string `json:"slots"`
 	Update     string            `json:"update,omitempty"`
 	Bootloader map[string]string `json:"bootloader,omitempty"`
-}
-
-func otherSlot(s string) string {
-	if s == "a" {
-		return "b"
-	}
-	return "a"
 }
 
 // bootedSlot reads which slot this boot came from.
@@ -195,7 +190,7 @@ func (a *Agent) InstallOS(ctx context.Context, r io.Reader) (OSStatus, error) {
 		a.mu.Unlock()
 		return OSStatus{}, err
 	}
-	target := otherSlot(booted)
+	target := update.OtherSlot(booted)
 	sink := &slotWriter{a: a, slot: target, path: a.cfg.OS.Slots[target]}
 	p, err := app.Read(r, app.ReadOptions{Keys: a.trustedKeys(), Admit: func(pm *app.PackageManifest) error {
 		if err := a.admitOS(pm, st); err != nil {
@@ -253,7 +248,7 @@ func (a *Agent) admitOS(pm *app.PackageManifest, st *OSState) error {
 			return fmt.Errorf("%w: OS %s is below the committed %s, and its signed manifest does not allow_downgrade", ErrDowngrade, o.Version, cur)
 		}
 	}
-	if capacity, ok := slotCapacity(a.cfg.OS.Slots[otherSlot(st.Committed)]); ok && o.Image.Size > capacity {
+	if capacity, ok := slotCapacity(a.cfg.OS.Slots[update.OtherSlot(st.Committed)]); ok && o.Image.Size > capacity {
 		return fmt.Errorf("%w: the OS image is %d bytes, the slot holds %d", ErrNoSpace, o.Image.Size, capacity)
 	}
 	return nil
@@ -356,8 +351,7 @@ func (x osActions) Swap(ctx context.Context, t *update.Txn) error {
 	if booted == c.Slot {
 		return nil // already on it (resumed after the reboot)
 	}
-	if err := bl.Set(ctx, map[string]string{update.VarSlot: c.Slot, update.VarUpgrade: "1",
-		update.VarBootCount: "0", update.VarBootLimit: "1"}); err != nil {
+	if err := bl.Set(ctx, update.TrialVars(c.Slot)); err != nil {
 		return fmt.Errorf("bootloader: %w", err)
 	}
 	return nil
@@ -387,7 +381,7 @@ func (x osActions) Watch(ctx context.Context, t *update.Txn) error {
 			if berr != nil {
 				return berr
 			}
-			return bl.Set(ctx, map[string]string{update.VarSlot: c.Slot, update.VarUpgrade: "0", update.VarBootCount: "0"})
+			return bl.Set(ctx, commitVars(c.Slot))
 		}
 		if !time.Now().Before(t.Until) {
 			return fmt.Errorf("OS %s not healthy within %s: %w", c.Manifest.OS.Version, t.Probation, err)
@@ -443,7 +437,7 @@ func (x osActions) Commit(ctx context.Context, t *update.Txn) error {
 	if booted != c.Slot {
 		return fmt.Errorf("commit on slot %s, but the new OS is in slot %s", booted, c.Slot)
 	}
-	if err := bl.Set(ctx, map[string]string{update.VarSlot: c.Slot, update.VarUpgrade: "0", update.VarBootCount: "0"}); err != nil {
+	if err := bl.Set(ctx, commitVars(c.Slot)); err != nil {
 		return err
 	}
 	st, _, err := x.a.osState()
@@ -465,7 +459,14 @@ func (x osActions) Rollback(ctx context.Context, t *update.Txn) error {
 	if booted == c.Slot {
 		return x.a.reboot(ctx)
 	}
-	return bl.Set(ctx, map[string]string{update.VarSlot: booted, update.VarUpgrade: "0", update.VarBootCount: "0"})
+	return bl.Set(ctx, commitVars(booted))
+}
+
+// commitVars make the bootloader boot slot for good: no trial in progress.
+func commitVars(slot string) map[string]string {
+	vars := update.CommitVars()
+	vars[update.VarSlot] = slot
+	return vars
 }
 
 // Discard forgets the failed image: its slot holds no version the device would boot.
@@ -481,4 +482,3 @@ func (x osActions) Discard(ctx context.Context, t *update.Txn) error {
 	st.Slots[c.Slot] = ""
 	return x.a.store.SaveOS(st)
 }
-

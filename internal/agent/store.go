@@ -250,6 +250,11 @@ type Event struct {
 	From    string    `json:"from,omitempty"`
 	To      string    `json:"to,omitempty"`
 	Message string    `json:"message,omitempty"`
+	// State, DesiredVersion and Campaign report on a desired-state document
+	// (Kind "desired").
+	State          string `json:"state,omitempty"`
+	DesiredVersion uint64 `json:"desired_version,omitempty"`
+	Campaign       string `json:"campaign,omitempty"`
 }
 
 // AddEvent appends an event, giving it the next sequence number.

@@ -199,8 +199,16 @@ func (j journal) Event(t *update.Txn, from, to update.State, err error) {
 func (a *Agent) event(e Event) {
 	if err := a.store.AddEvent(e); err != nil {
 		a.log.Error("record event", "err", err)
+		return
+	}
+	select {
+	case a.events <- struct{}{}:
+	default:
 	}
 }
+
+// EventsReady receives when a new event is recorded, for the link to the server.
+func (a *Agent) EventsReady() <-chan struct{} { return a.events }
 
 // Events returns the device's events after sequence number since.
 func (a *Agent) Events(since uint64) ([]Event, error) { return a.store.Events(since) }

@@ -256,3 +256,7 @@ func fileHeader(name string, size int64) *tar.Header {
 func marshalManifest(pm *PackageManifest) ([]byte, error) {
 	return json.MarshalIndent(pm, "", "  ")
 }
+
+// ParsePackageManifest decodes and validates a package's manifest.json, for readers
+// that fetch a package in parts (a device reconciling its desired state).
+func ParsePackageManifest(data []byte) (*PackageManifest, error) { return parsePackageManifest(data) }

@@ -11,6 +11,10 @@ import (
 	"log/slog"
 	"math/big"
 	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,6 +34,18 @@ type ClientConfig struct {
 	ReportEvery time.Duration // default 10s
 	KeepAlive   uint16        // seconds; default 30
 	Logger      *slog.Logger
+
+	// OnDesired receives each desired-state envelope the server publishes (the
+	// retained one again at every connect); it verifies and applies it.
+	OnDesired func(payload []byte)
+	// Events returns the device's events after sequence number since, oldest
+	// first; the client publishes them (QoS 1) and remembers, in the identity
+	// directory, the last one the broker acknowledged, so none is lost or repeated
+	// across restarts and disconnections.
+	Events func(since uint64) ([]EventMessage, error)
+	// EventsReady, when it receives, makes the client publish new events at once
+	// instead of at the next report tick.
+	EventsReady <-chan struct{}
 }
 
 // Client is a device's MQTT connection to the server: it connects with the device
@@ -98,7 +114,14 @@ func (c *Client) Run(ctx context.Context) error {
 			}
 		},
 		OnConnectError: func(err error) { c.log.Warn("server connection failed", "err", err) },
-		ClientConfig:   paho.ClientConfig{ClientID: id.DeviceID},
+		ClientConfig: paho.ClientConfig{ClientID: id.DeviceID, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+			func(pr paho.PublishReceived) (bool, error) {
+				if pr.Packet.Topic == Topic(id.DeviceID, TopicDesired) && c.cfg.OnDesired != nil && len(pr.Packet.Payload) > 0 {
+					c.cfg.OnDesired(pr.Packet.Payload)
+				}
+				return true, nil
+			},
+		}},
 	})
 	if err != nil {
 		return err
@@ -122,9 +145,21 @@ func (c *Client) Run(ctx context.Context) error {
 				c.log.Warn("publish online", "err", err)
 				continue
 			}
+			if c.cfg.OnDesired != nil {
+				sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+				_, err := cm.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: Topic(id.DeviceID, TopicDesired), QoS: 1}}})
+				cancel()
+				if err != nil {
+					c.log.Warn("subscribe to desired state", "err", err)
+				}
+			}
 			c.report(ctx, cm)
+			c.sendEvents(ctx, cm)
 		case <-ticker.C:
 			c.report(ctx, cm)
+			c.sendEvents(ctx, cm)
+		case <-c.cfg.EventsReady:
+			c.sendEvents(ctx, cm)
 		}
 	}
 }
@@ -201,4 +236,54 @@ func newSession() string {
 	b := make([]byte, 8)
 	rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// eventsCursorFile holds the sequence number of the last event the broker took.
+const eventsCursorFile = "events.seq"
+
+// sendEvents publishes the events the server has not had yet, in order, stopping
+// at the first the broker does not acknowledge (the next attempt resumes there).
+func (c *Client) sendEvents(ctx context.Context, cm *autopaho.ConnectionManager) {
+	if c.cfg.Events == nil {
+		return
+	}
+	cursor := filepath.Join(c.cfg.Identity.Dir, eventsCursorFile)
+	var since uint64
+	if b, err := os.ReadFile(cursor); err == nil {
+		since, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	}
+	events, err := c.cfg.Events(since)
+	if err != nil {
+		c.log.Warn("events", "err", err)
+		return
+	}
+	topic := Topic(c.cfg.Identity.DeviceID, TopicEvents)
+	for _, e := range events {
+		data, err := json.Marshal(e)
+		if err != nil {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		res, err := cm.Publish(pctx, &paho.Publish{Topic: topic, Payload: data, QoS: 1})
+		cancel()
+		if err != nil || (res != nil && res.ReasonCode >= 0x80) {
+			c.log.Debug("publish event: will retry", "seq", e.Seq, "err", err)
+			return
+		}
+		if e.Seq > since {
+			since = e.Seq
+			if err := writeCursor(cursor, since); err != nil {
+				c.log.Warn("events cursor", "err", err)
+			}
+		}
+	}
+}
+
+// writeCursor replaces the cursor file whole.
+func writeCursor(path string, seq uint64) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(seq, 10)+"\n"), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }

@@ -1,0 +1,319 @@
+package agent
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/tern-iot/tern/internal/app"
+	"github.com/tern-iot/tern/internal/link"
+	"github.com/tern-iot/tern/internal/trust"
+)
+
+// Management is what a device learned at enrollment: who it is, where its server
+// is, and the director key that signs its desired state.
+type Management struct {
+	DeviceID  string
+	ServerURL string
+	Director  trust.PublicKey
+	TLS       *tls.Config // the device's client certificate, the pinned server CA
+}
+
+// manager reconciles the device with its desired state, one document at a time;
+// a newer document supersedes one waiting.
+type manager struct {
+	m     Management
+	hc    *http.Client
+	offer chan []byte
+	mu    sync.Mutex
+	next  []byte
+}
+
+// Manage turns on reconciliation with the server's desired state. Documents given
+// to OfferDesired are verified and applied in the background, in order.
+func (a *Agent) Manage(m Management) {
+	tr := &http.Transport{TLSClientConfig: m.TLS, ResponseHeaderTimeout: 30 * time.Second}
+	mg := &manager{m: m, hc: &http.Client{Transport: tr}, offer: make(chan []byte, 1)}
+	a.supsMu.Lock()
+	a.mgr = mg
+	a.supsMu.Unlock()
+	go a.reconcileLoop(mg)
+}
+
+// OfferDesired hands a desired-state envelope (as published) to the reconciler.
+func (a *Agent) OfferDesired(payload []byte) {
+	a.supsMu.Lock()
+	mg := a.mgr
+	a.supsMu.Unlock()
+	if mg == nil {
+		return
+	}
+	mg.mu.Lock()
+	mg.next = payload
+	mg.mu.Unlock()
+	select {
+	case mg.offer <- nil:
+	default:
+	}
+}
+
+func (a *Agent) reconcileLoop(mg *manager) {
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-mg.offer:
+		}
+		mg.mu.Lock()
+		payload := mg.next
+		mg.next = nil
+		mg.mu.Unlock()
+		if payload != nil {
+			a.reconcile(a.ctx, mg, payload)
+		}
+	}
+}
+
+// desiredRecord is the last desired-state document the device accepted.
+//
+// Invariant after a crash at any point: Version never decreases; Done is set only
+// once the document's outcome (applied, rolled back, rejected) was recorded as an
+// event. A document accepted but not done is applied again when it arrives again
+// (the broker redelivers it retained at every connect).
+type desiredRecord struct {
+	Version  uint64 `json:"version"`
+	Campaign string `json:"campaign,omitempty"`
+	Done     bool   `json:"done"`
+}
+
+var keyDesired = []byte("desired")
+
+func (s *Store) desired() (desiredRecord, error) {
+	var r desiredRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(keyDesired); v != nil {
+			return json.Unmarshal(v, &r)
+		}
+		return nil
+	})
+	return r, err
+}
+
+func (s *Store) saveDesired(r desiredRecord) error {
+	data, _ := json.Marshal(r)
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyDesired, data) })
+}
+
+// DesiredVersion is the version of the last desired-state document accepted, and
+// whether it was carried out, for the reported state.
+func (a *Agent) DesiredVersion() (uint64, bool) {
+	r, _ := a.store.desired()
+	return r.Version, r.Done
+}
+
+// reconcile verifies a desired-state document and brings the apps (and the OS) to
+// it, reporting each step as an event.
+func (a *Agent) reconcile(ctx context.Context, mg *manager, payload []byte) {
+	rec, err := a.store.desired()
+	if err != nil {
+		a.log.Error("desired state", "err", err)
+		return
+	}
+	last := rec.Version
+	if !rec.Done && last > 0 {
+		last-- // the accepted document is not carried out yet: take it again
+	}
+	d, err := link.VerifyDesired(payload, mg.m.Director, mg.m.DeviceID, last, time.Now())
+	if err != nil {
+		if errors.Is(err, link.ErrDesiredStale) {
+			a.log.Debug("desired state: already applied", "err", err)
+			return
+		}
+		a.log.Warn("desired state refused", "err", err)
+		a.event(Event{Kind: link.EventDesired, State: link.DesiredRejected, Message: err.Error()})
+		return
+	}
+	if err := a.store.saveDesired(desiredRecord{Version: d.Version, Campaign: d.Campaign}); err != nil {
+		a.log.Error("desired state", "err", err)
+		return
+	}
+	report := func(state string, err error) {
+		e := Event{Kind: link.EventDesired, State: state, DesiredVersion: d.Version, Campaign: d.Campaign}
+		if err != nil {
+			e.Message = err.Error()
+		}
+		a.event(e)
+	}
+	report(link.DesiredAccepted, nil)
+	state, err := a.apply(ctx, mg, d, func() { report(link.DesiredApplying, nil) })
+	if ctx.Err() != nil {
+		return // ternd stops: the document is taken again at the next start
+	}
+	report(state, err)
+	if err := a.store.saveDesired(desiredRecord{Version: d.Version, Campaign: d.Campaign, Done: true}); err != nil {
+		a.log.Error("desired state", "err", err)
+	}
+}
+
+// apply brings the device to d: apps at their desired versions in one transaction
+// (a desired version equal to an app's N-1 is a rollback, with no download), then
+// the OS. It returns the outcome state.
+func (a *Agent) apply(ctx context.Context, mg *manager, d *link.Desired, applying func()) (string, error) {
+	var installs []link.DesiredPackage
+	var rollbacks []string
+	for _, p := range d.Apps {
+		r, err := a.store.App(p.Name)
+		switch {
+		case err == nil && r.Version() == p.Version:
+		case err == nil && r.Previous != nil && r.Previous.App.Version == p.Version:
+			rollbacks = append(rollbacks, p.Name)
+		default:
+			installs = append(installs, p)
+		}
+	}
+	osChange := d.OS != nil && a.cfg.OS != nil
+	if osChange {
+		if st, err := a.OSStatus(ctx); err == nil && st.Version == d.OS.Version {
+			osChange = false
+		}
+	}
+	if len(installs)+len(rollbacks) == 0 && !osChange {
+		return link.DesiredApplied, nil
+	}
+	applying()
+	for _, name := range rollbacks {
+		if _, err := a.Rollback(ctx, name); err != nil {
+			return outcome(err)
+		}
+	}
+	if len(installs) > 0 {
+		var readers []io.Reader
+		for _, p := range installs {
+			r, err := a.fetchPackage(ctx, mg, p)
+			if err != nil {
+				return link.DesiredRejected, fmt.Errorf("%s %s: %w", p.Name, p.Version, err)
+			}
+			readers = append(readers, r)
+		}
+		if _, err := a.Install(ctx, readers...); err != nil {
+			return outcome(err)
+		}
+	}
+	if osChange {
+		r, err := a.fetchPackage(ctx, mg, *d.OS)
+		if err != nil {
+			return link.DesiredRejected, fmt.Errorf("OS %s: %w", d.OS.Version, err)
+		}
+		if _, err := a.InstallOS(ctx, r); err != nil {
+			return outcome(err)
+		}
+		// The OS update reboots the device; its outcome is reported after the
+		// reboot as update events.
+	}
+	return link.DesiredApplied, nil
+}
+
+func outcome(err error) (string, error) {
+	if errors.Is(err, ErrUpdateAbort) {
+		return link.DesiredRolledBack, err
+	}
+	return link.DesiredRejected, err
+}
+
+// fetchPackage returns a package stream assembled from the server's parts: the
+// signed manifest and its signature, then each blob, read from the device's own
+// store when it has it and downloaded (resuming after a cut) when it does not.
+// Install verifies it all as it reads, exactly as a local install.
+func (a *Agent) fetchPackage(ctx context.Context, mg *manager, p link.DesiredPackage) (io.Reader, error) {
+	base := strings.TrimSuffix(mg.m.ServerURL, "/") + "/api/v1/device/"
+	manifest, err := mg.getSmall(ctx, base+"manifests/"+p.Manifest, app.MaxManifestSize)
+	if err != nil {
+		return nil, err
+	}
+	if sum := sha256.Sum256(manifest); "sha256:"+hex.EncodeToString(sum[:]) != p.Manifest {
+		return nil, fmt.Errorf("%w: the server's manifest is not %s", app.ErrBlobDigest, p.Manifest)
+	}
+	sig, err := mg.getSmall(ctx, base+"manifests/"+p.Manifest+"/sig", app.MaxSigSize)
+	if err != nil {
+		return nil, err
+	}
+	pm, err := app.ParsePackageManifest(manifest)
+	if err != nil {
+		return nil, err
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		tw := tar.NewWriter(pw)
+		put := func(name string, size int64, r io.Reader) error {
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Size: size, Mode: 0o644}); err != nil {
+				return err
+			}
+			_, err := io.CopyN(tw, r, size)
+			return err
+		}
+		err := put(app.EntryFormat, int64(len(app.FormatLine)), strings.NewReader(app.FormatLine))
+		if err == nil {
+			err = put(app.EntryManifest, int64(len(manifest)), strings.NewReader(string(manifest)))
+		}
+		if err == nil {
+			err = put(app.EntrySig, int64(len(sig)), strings.NewReader(string(sig)))
+		}
+		for _, d := range pm.Blobs() {
+			if err != nil {
+				break
+			}
+			var rc io.ReadCloser
+			if a.content.HasBlob(d.Digest) {
+				rc, err = os.Open(a.content.BlobPath(d.Digest))
+			} else {
+				rc = &resumingBody{ctx: ctx, hc: mg.hc, url: base + "blobs/" + d.Digest, size: d.Size, log: a.log}
+			}
+			if err == nil {
+				err = put(app.BlobPrefix+d.Hex(), d.Size, rc)
+				rc.Close()
+			}
+		}
+		if err == nil {
+			err = tw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	return pr, nil
+}
+
+// getSmall fetches a small document whole.
+func (mg *manager) getSmall(ctx context.Context, url string, max int64) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := mg.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("GET %s: %w", url, app.ErrTooLarge)
+	}
+	return data, nil
+}
