@@ -482,3 +482,4 @@ func (x osActions) Discard(ctx context.Context, t *update.Txn) error {
 	st.Slots[c.Slot] = ""
 	return x.a.store.SaveOS(st)
 }
+

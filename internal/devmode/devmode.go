@@ -88,15 +88,30 @@ func NormalizeAddr(addr string) (string, error) {
 	if addr == "" {
 		return "", errors.New("empty device address")
 	}
+	bad := errors.New("device address " + addr + ": want HOST[:PORT]")
 	if host, port, err := net.SplitHostPort(addr); err == nil {
-		if _, err := strconv.ParseUint(port, 10, 16); err != nil || host == "" {
-			return "", errors.New("device address " + addr + ": want HOST[:PORT]")
+		if _, err := strconv.ParseUint(port, 10, 16); err != nil || !validHost(host) {
+			return "", bad
 		}
 		return net.JoinHostPort(host, port), nil
 	}
 	host := strings.TrimSuffix(strings.TrimPrefix(addr, "["), "]")
-	if strings.ContainsAny(host, "/ ") {
-		return "", errors.New("device address " + addr + ": want HOST[:PORT]")
+	if !validHost(host) {
+		return "", bad
 	}
 	return net.JoinHostPort(host, strconv.Itoa(DefaultPort)), nil
+}
+
+// validHost accepts host names and IP literals (with an IPv6 zone): letters,
+// digits and . - _ : %.
+func validHost(h string) bool {
+	if h == "" {
+		return false
+	}
+	for _, r := range h {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune(".-_:%", r)) {
+			return false
+		}
+	}
+	return true
 }

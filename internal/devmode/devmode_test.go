@@ -94,3 +94,33 @@ func TestPairingMACsBindCodeAndBothCertificates(t *testing.T) {
 		t.Error("a response naming another certificate verified")
 	}
 }
+
+func FuzzNormalizeCode(f *testing.F) {
+	for _, s := range []string{"ABCD-EFGH", "oil0 abcd", "", "----", "ÀBCD-EFGH"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := NormalizeCode(s)
+		if err != nil {
+			return
+		}
+		if again, err := NormalizeCode(Code{Value: c}.String()); err != nil || again != c {
+			t.Fatalf("%q -> %q -> %q, %v", s, c, again, err)
+		}
+	})
+}
+
+func FuzzNormalizeAddr(f *testing.F) {
+	for _, s := range []string{"10.0.0.1", "[fe80::1%eth0]:7443", "host:1", "tern://x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		a, err := NormalizeAddr(s)
+		if err != nil {
+			return
+		}
+		if again, err := NormalizeAddr(a); err != nil || again != a {
+			t.Fatalf("%q -> %q -> %q, %v", s, a, again, err)
+		}
+	})
+}

@@ -28,8 +28,19 @@ type Device interface {
 	DevInfo() DeviceInfo
 }
 
-// AdvertiseFunc announces the LAN API on port (mDNS) until stop is called.
-type AdvertiseFunc func(ctx context.Context, info DeviceInfo, port int) (stop func(), err error)
+// Announcement is a running announcement of the LAN API (mDNS).
+type Announcement interface {
+	// Update replaces the announced description (apps and versions change
+	// while developer mode is on).
+	Update(info DeviceInfo) error
+	Close() error
+}
+
+// AdvertiseFunc starts announcing the LAN API on port.
+type AdvertiseFunc func(ctx context.Context, info DeviceInfo, port int) (Announcement, error)
+
+// refreshEvery is how many polls pass between refreshes of the announcement.
+const refreshEvery = 25
 
 // Server serves the device's API on the LAN while, and only while, developer
 // mode is on: it follows Device.DevEnabled, opening the listener (and the
@@ -66,7 +77,7 @@ func (s *Server) Run(ctx context.Context) {
 	defer tick.Stop()
 	var cur *lanSession
 	var lastErr string
-	for {
+	for n := 0; ; n++ {
 		on := s.Device.DevEnabled()
 		switch {
 		case on && cur == nil:
@@ -79,6 +90,13 @@ func (s *Server) Run(ctx context.Context) {
 			} else {
 				lastErr = ""
 				log.Info("developer mode: LAN API open", "addr", cur.addr, "fingerprint", ShortID(s.Identity.Fingerprint))
+			}
+		case on && cur != nil && cur.ann != nil && n%refreshEvery == 0:
+			if info := s.Device.DevInfo(); info != cur.info {
+				if err := cur.ann.Update(info); err != nil {
+					log.Warn("developer mode: mDNS update", "err", err)
+				}
+				cur.info = info
 			}
 		case !on && cur != nil:
 			cur.close()
@@ -101,15 +119,16 @@ func (s *Server) Run(ctx context.Context) {
 
 // lanSession is one opening of the LAN API.
 type lanSession struct {
-	addr    string
-	srv     *http.Server
-	cancel  context.CancelFunc
-	stopAdv func()
+	addr   string
+	srv    *http.Server
+	cancel context.CancelFunc
+	ann    Announcement // nil without discovery
+	info   DeviceInfo   // what ann announces
 }
 
 func (l *lanSession) close() {
-	if l.stopAdv != nil {
-		l.stopAdv()
+	if l.ann != nil {
+		l.ann.Close()
 	}
 	l.cancel() // ends hijacked streams (exec), which srv.Close does not track
 	l.srv.Close()
@@ -131,7 +150,9 @@ func (s *Server) open(ctx context.Context, log *slog.Logger) (*lanSession, error
 	l := &lanSession{addr: ln.Addr().String(), srv: srv, cancel: cancel}
 	if s.Advertise != nil {
 		port := ln.Addr().(*net.TCPAddr).Port
-		if l.stopAdv, err = s.Advertise(runCtx, s.Device.DevInfo(), port); err != nil {
+		l.info = s.Device.DevInfo()
+		if l.ann, err = s.Advertise(runCtx, l.info, port); err != nil {
+			l.ann = nil
 			// The API still works by address; only discovery is missing.
 			log.Warn("developer mode: mDNS announcement", "err", err)
 		}

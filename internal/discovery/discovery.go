@@ -45,9 +45,16 @@ const (
 	maxTXTValue    = 200
 )
 
-// Advertise announces the device's LAN API on port until stop is called (or
-// ctx ends). It answers on every up, multicast-capable, non-loopback interface.
-func Advertise(ctx context.Context, log *slog.Logger, info devmode.DeviceInfo, port int) (stop func(), err error) {
+// Announcement is a running announcement of a device.
+type Announcement struct {
+	conn     *mdns.Conn
+	instance string
+	once     sync.Once
+}
+
+// Advertise announces the device's LAN API on port until Close (or until ctx
+// ends). It answers on every up, multicast-capable, non-loopback interface.
+func Advertise(ctx context.Context, log *slog.Logger, info devmode.DeviceInfo, port int) (*Announcement, error) {
 	pc, err := listenMDNS()
 	if err != nil {
 		return nil, err
@@ -71,13 +78,21 @@ func Advertise(ctx context.Context, log *slog.Logger, info devmode.DeviceInfo, p
 		return nil, fmt.Errorf("mdns: %w", err)
 	}
 	log.Info("developer mode: announcing", "service", ServiceType, "instance", instance, "host", host, "port", port)
-	var once sync.Once
-	stop = func() { once.Do(func() { conn.Close() }) }
-	go func() {
-		<-ctx.Done()
-		stop()
-	}()
-	return stop, nil
+	a := &Announcement{conn: conn, instance: instance}
+	context.AfterFunc(ctx, func() { a.Close() })
+	return a, nil
+}
+
+// Update replaces the TXT record (and announces it).
+func (a *Announcement) Update(info devmode.DeviceInfo) error {
+	return a.conn.UpdateTXT(a.instance, ServiceType, txtOf(info))
+}
+
+// Close stops answering.
+func (a *Announcement) Close() error {
+	var err error
+	a.once.Do(func() { err = a.conn.Close() })
+	return err
 }
 
 // Browse listens for devices for the whole timeout (asking again every 500ms:

@@ -21,14 +21,14 @@ import (
 func TestMain(m *testing.M) {
 	if p := os.Getenv("TERN_TEST_ADVERTISE"); p != "" {
 		port, _ := strconv.Atoi(p)
-		stop, err := Advertise(context.Background(), slog.New(slog.DiscardHandler), testInfo, port)
+		ann, err := Advertise(context.Background(), slog.New(slog.DiscardHandler), testInfo, port)
 		if err != nil {
 			fmt.Println("error:", err)
 			os.Exit(1)
 		}
 		fmt.Println("ready")
 		io.Copy(io.Discard, os.Stdin)
-		stop()
+		ann.Close()
 		os.Exit(0)
 	}
 	os.Exit(m.Run())

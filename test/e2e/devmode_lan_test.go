@@ -181,6 +181,11 @@ func TestDevModeLANWorkflowAcrossNamespaces(t *testing.T) {
 		t.Fatalf("push --wait:\n%s", out)
 	}
 	t.Logf("push --wait: %s", strings.ReplaceAll(strings.TrimSpace(out), "\n", "; "))
+	// The announcement follows the apps (refreshed every few seconds).
+	waitFor(t, "discover to list hello", func() bool {
+		out, _ := ws.tern("device", "discover", "--timeout", "1s", "--json")
+		return strings.Contains(out, `"apps": "hello@1.0.0"`)
+	})
 	if out := ws.mustTern("device", "ps"); !strings.Contains(out, "hello") || !strings.Contains(out, "healthy") {
 		t.Fatalf("ps over the LAN:\n%s", out)
 	}
