@@ -10,7 +10,8 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// exitError carries an exit code other than 1 out of a command.
+// exitError carries an exit code other than 1 out of a command (tern device exec
+// passes on the remote command's), printed as nothing but the code.
 type exitError struct {
 	code int
 	err  error
@@ -27,11 +28,12 @@ func main() {
 	}
 	root.AddCommand(keysCmd(), appCmd(), deviceCmd(), osCmd(), serverCmd(), fleetCmd())
 	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "tern:", err)
 		var ee *exitError
 		if errors.As(err, &ee) {
+			// A remote command's own exit code: its stderr already said why.
 			os.Exit(ee.code)
 		}
+		fmt.Fprintln(os.Stderr, "tern:", err)
 		os.Exit(1)
 	}
 }

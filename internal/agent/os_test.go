@@ -40,8 +40,8 @@ func newOSRig(t *testing.T) *osRig {
 	c := &OSConfig{DeviceType: "test-board", Slots: map[string]string{"a": filepath.Join(dir, "slot-a.img"), "b": filepath.Join(dir, "slot-b.img")},
 		RebootCommand: []string{"touch", r.marker}, Cmdline: filepath.Join(dir, "cmdline"), FactoryVersion: "1.0.0"}
 	c.Bootloader.Kind, c.Bootloader.EnvFile = "file", filepath.Join(dir, "bootenv")
-	c.Health.Timeout = app.Duration(3 * time.Second)
-	c.Health.MinUptime = app.Duration(500 * time.Millisecond)
+	c.Health.Timeout = app.Duration(6 * time.Second)
+	c.Health.MinUptime = app.Duration(2 * time.Second)
 	e.cfg.OS = c
 	bl, err := update.NewBootloader(c.bootloaderConfig())
 	if err != nil {

@@ -24,6 +24,8 @@ const (
 	brokenWindow  = 10 * time.Minute
 	// A run longer than stableRun resets the backoff.
 	stableRun = time.Minute
+	// firstProbe is when a health check first runs after a start.
+	firstProbe = 300 * time.Millisecond
 )
 
 // App states shown by ps.
@@ -211,10 +213,13 @@ func (s *supervisor) follow(ctx context.Context, st runtime.State) runtime.ExitS
 	}()
 	var ticker <-chan time.Time
 	h := s.rec.Package.App.Health
+	var timer *time.Timer
 	if h != nil {
-		t := time.NewTicker(h.Interval.D())
-		defer t.Stop()
-		ticker = t.C
+		// The first probe comes soon after the start (an app that answers at once
+		// is healthy at once: push-to-healthy, probation), then every interval.
+		timer = time.NewTimer(min(h.Interval.D(), firstProbe))
+		defer timer.Stop()
+		ticker = timer.C
 	}
 	grace := s.rec.Package.App.StopTimeout.D()
 	for {
@@ -233,6 +238,7 @@ func (s *supervisor) follow(ctx context.Context, st runtime.State) runtime.ExitS
 			err := probe(ctx, h, st.Pid, func(ctx context.Context, args []string) (int, error) {
 				return s.a.rt.Exec(ctx, s.id, args, io.Discard, io.Discard)
 			})
+			timer.Reset(h.Interval.D())
 			s.mu.Lock()
 			changed := s.health.record(err, time.Now())
 			state := s.health.state
@@ -323,3 +329,4 @@ func (s *supervisor) finished() bool {
 		return false
 	}
 }
+
