@@ -14,6 +14,7 @@ import (
 
 	"github.com/tern-iot/tern/internal/agent"
 	"github.com/tern-iot/tern/internal/link"
+	"github.com/tern-iot/tern/internal/logship"
 	"github.com/tern-iot/tern/internal/trust"
 )
 
@@ -46,7 +47,7 @@ func (f *linkFlags) managed(dataDir string) bool {
 // start enrolls the device if asked to (or reuses the identity under DATA/identity)
 // and keeps its link to the server up in the background until ctx ends. Without
 // flags or an identity, ternd runs unmanaged.
-func (f *linkFlags) start(ctx context.Context, a *agent.Agent, dataDir string, log *slog.Logger) {
+func (f *linkFlags) start(ctx context.Context, a *agent.Agent, dataDir string, log *slog.Logger, ship *logship.Buffer) {
 	dir := filepath.Join(dataDir, "identity")
 	if f.token == "" {
 		if _, err := link.LoadIdentity(dir); errors.Is(err, link.ErrNotEnrolled) {
@@ -67,8 +68,13 @@ func (f *linkFlags) start(ctx context.Context, a *agent.Agent, dataDir string, l
 		if err := manage(a, id); err != nil {
 			log.Error("server management off", "err", err)
 		}
-		c := link.NewClient(link.ClientConfig{Identity: id, Logger: log, Report: reporter(a),
-			OnDesired: a.OfferDesired, Events: events(a), EventsReady: a.EventsReady()})
+		cfg := link.ClientConfig{Identity: id, Logger: log, Report: reporter(a),
+			OnDesired: a.OfferDesired, Events: events(a), EventsReady: a.EventsReady()}
+		if ship != nil {
+			cfg.Logs = ship
+			go logship.NewTailer(filepath.Join(dataDir, "logs"), ship).Run(ctx, time.Second)
+		}
+		c := link.NewClient(cfg)
 		if err := c.Run(ctx); err != nil {
 			log.Error("server link", "err", err)
 		}

@@ -12,13 +12,18 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/tern-iot/tern/internal/agent"
+	"github.com/tern-iot/tern/internal/logship"
 	"github.com/tern-iot/tern/internal/trust"
 	"github.com/tern-iot/tern/internal/update"
 )
+
+// shipBufferBytes bounds the logs a device keeps while its server is out of reach.
+const shipBufferBytes = 8 << 20
 
 func main() {
 	if err := run(); err != nil {
@@ -52,7 +57,18 @@ func run() error {
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 		return err
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	var handler slog.Handler = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})
+	// A managed device ships its logs (the apps' and its own) to the server.
+	var ship *logship.Buffer
+	if lf.managed(cfg.DataDir) {
+		var err error
+		if ship, err = logship.Open(filepath.Join(cfg.DataDir, "logship"), shipBufferBytes); err != nil {
+			return err
+		}
+		defer ship.Close()
+		handler = logship.Handler(handler, ship)
+	}
+	cfg.Logger = slog.New(handler)
 	keys, err := trust.LoadPublicKeyDir(trustDir)
 	if err != nil {
 		return err
@@ -93,7 +109,7 @@ func run() error {
 	if err := a.Boot(ctx); err != nil {
 		return err
 	}
-	lf.start(ctx, a, cfg.DataDir, cfg.Logger)
+	lf.start(ctx, a, cfg.DataDir, cfg.Logger, ship)
 	if err := serveLAN(ctx, a, lanAddr); err != nil {
 		return err
 	}

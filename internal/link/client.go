@@ -46,6 +46,9 @@ type ClientConfig struct {
 	// EventsReady, when it receives, makes the client publish new events at once
 	// instead of at the next report tick.
 	EventsReady <-chan struct{}
+	// Logs, if set, is drained to the logs topic in batches, one in flight at a
+	// time: while the broker has not acknowledged one, lines wait in the source.
+	Logs LogSource
 }
 
 // Client is a device's MQTT connection to the server: it connects with the device
@@ -128,6 +131,10 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	ticker := time.NewTicker(c.cfg.ReportEvery)
 	defer ticker.Stop()
+	var logsReady <-chan struct{}
+	if c.cfg.Logs != nil {
+		logsReady = c.cfg.Logs.Ready()
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -155,11 +162,15 @@ func (c *Client) Run(ctx context.Context) error {
 			}
 			c.report(ctx, cm)
 			c.sendEvents(ctx, cm)
+			c.sendLogs(ctx, cm)
 		case <-ticker.C:
 			c.report(ctx, cm)
 			c.sendEvents(ctx, cm)
+			c.sendLogs(ctx, cm)
 		case <-c.cfg.EventsReady:
 			c.sendEvents(ctx, cm)
+		case <-logsReady:
+			c.sendLogs(ctx, cm)
 		}
 	}
 }
@@ -286,4 +297,43 @@ func writeCursor(path string, seq uint64) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// logBatchLines is how many log lines go in one message.
+const logBatchLines = 500
+
+// sendLogs publishes buffered log lines until the buffer is empty or the broker
+// stops acknowledging (the rest waits for the next attempt).
+func (c *Client) sendLogs(ctx context.Context, cm *autopaho.ConnectionManager) {
+	if c.cfg.Logs == nil {
+		return
+	}
+	topic := Topic(c.cfg.Identity.DeviceID, TopicLogs)
+	for {
+		batch, ack, err := c.cfg.Logs.NextBatch(logBatchLines)
+		if err != nil {
+			c.log.Warn("logs", "err", err)
+			return
+		}
+		if len(batch.Lines) == 0 && batch.Dropped == 0 {
+			return
+		}
+		data, err := json.Marshal(batch)
+		if err != nil {
+			return
+		}
+		pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		res, err := cm.Publish(pctx, &paho.Publish{Topic: topic, Payload: data, QoS: 1})
+		cancel()
+		if err != nil || (res != nil && res.ReasonCode >= 0x80) {
+			return
+		}
+		if err := ack(); err != nil {
+			c.log.Warn("logs", "err", err)
+			return
+		}
+		if len(batch.Lines) < logBatchLines {
+			return
+		}
+	}
 }

@@ -104,6 +104,7 @@ const (
 	TopicReported = "reported" // device -> server, retained: the reported-state document
 	TopicDesired  = "desired"  // server -> device, retained: the signed desired-state document
 	TopicEvents   = "events"   // device -> server
+	TopicLogs     = "logs"     // device -> server, QoS 1: LogBatch
 )
 
 // Topic returns the topic of kind for device id.
@@ -144,4 +145,29 @@ type Reported struct {
 	Hostname     string          `json:"hostname,omitempty"`
 	Apps         json.RawMessage `json:"apps"`
 	Update       json.RawMessage `json:"update,omitempty"`
+}
+
+// LogLine is one tagged log line of a device: an app's stdout or stderr line, or
+// the agent's own ("ternd").
+type LogLine struct {
+	Time    time.Time `json:"time"`
+	App     string    `json:"app"`
+	Version string    `json:"version,omitempty"`
+	Stream  string    `json:"stream,omitempty"` // stdout | stderr | agent
+	Level   string    `json:"level,omitempty"`  // when the app logs JSON with a level
+	Line    string    `json:"line"`
+}
+
+// LogBatch is what a device publishes on its logs topic: lines in order, and how
+// many lines it had to drop before them (its offline buffer was full).
+type LogBatch struct {
+	Dropped uint64    `json:"dropped,omitempty"`
+	Lines   []LogLine `json:"lines"`
+}
+
+// LogSource hands a device's buffered log lines to the link, a batch at a time;
+// ack drops the batch from the buffer once the broker has it.
+type LogSource interface {
+	NextBatch(maxLines int) (batch LogBatch, ack func() error, err error)
+	Ready() <-chan struct{}
 }
