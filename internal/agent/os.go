@@ -482,4 +482,3 @@ func (x osActions) Discard(ctx context.Context, t *update.Txn) error {
 	st.Slots[c.Slot] = ""
 	return x.a.store.SaveOS(st)
 }
-

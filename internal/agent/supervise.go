@@ -329,4 +329,3 @@ func (s *supervisor) finished() bool {
 		return false
 	}
 }
-
