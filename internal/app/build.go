@@ -77,21 +77,27 @@ func Build(ctx context.Context, opts BuildOptions, w io.Writer) (*PackageManifes
 		pm.Image.DiffIDs = append(pm.Image.DiffIDs, l.diffID)
 		blobs[l.desc.Digest] = BlobSource{Descriptor: l.desc, Open: l.open}
 	}
-	data, err := marshalManifest(pm)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := parsePackageManifest(data); err != nil {
-		return nil, fmt.Errorf("build: %w", err)
-	}
-	env, err := trust.Sign(PayloadType, data, opts.Keys...)
-	if err != nil {
-		return nil, err
-	}
-	if err := WritePackage(w, data, env, blobs); err != nil {
+	if err := signAndWrite(w, pm, opts.Keys, blobs); err != nil {
 		return nil, err
 	}
 	return pm, nil
+}
+
+// signAndWrite checks the manifest as a reader will, signs it, and writes the
+// package.
+func signAndWrite(w io.Writer, pm *PackageManifest, keys []trust.PrivateKey, blobs map[string]BlobSource) error {
+	data, err := marshalManifest(pm)
+	if err != nil {
+		return err
+	}
+	if _, err := parsePackageManifest(data); err != nil {
+		return fmt.Errorf("build: %w", err)
+	}
+	env, err := trust.Sign(PayloadType, data, keys...)
+	if err != nil {
+		return err
+	}
+	return WritePackage(w, data, env, blobs)
 }
 
 // resolve fills command, env, workdir and user from the image where the manifest

@@ -124,20 +124,8 @@ func BuildOS(ctx context.Context, opts OSBuildOptions, w io.Writer) (*PackageMan
 		Image:   ImageDigest{Digest: digestOf(rawHash), Size: raw},
 		Payload: Descriptor{MediaType: MediaTypeOSPayload, Digest: digestOf(payloadHash), Size: cw.n},
 	}}
-	data, err := marshalManifest(pm)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := parsePackageManifest(data); err != nil {
-		return nil, fmt.Errorf("build: %w", err)
-	}
-	env, err := trust.Sign(PayloadType, data, opts.Keys...)
-	if err != nil {
-		return nil, err
-	}
-	path := tmp.Name()
-	err = WritePackage(w, data, env, map[string]BlobSource{pm.OS.Payload.Digest: {Descriptor: pm.OS.Payload,
-		Open: func() (io.ReadCloser, error) { return os.Open(path) }}})
+	err = signAndWrite(w, pm, opts.Keys, map[string]BlobSource{pm.OS.Payload.Digest: {Descriptor: pm.OS.Payload,
+		Open: openFile(tmp.Name())}})
 	return pm, err
 }
 
