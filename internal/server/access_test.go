@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strings"
@@ -32,9 +33,13 @@ func TestAccessMatrix(t *testing.T) {
 	e.must(e.admin, "POST", "/api/v1/groups", map[string]any{"name": "g1", "members": []string{id.DeviceID}}, &grp)
 	e.must(e.admin, "POST", "/api/v1/webhooks", map[string]any{"url": "http://127.0.0.1:9/hook", "secret": "0123456789abcdef"}, &hook)
 	e.must(e.admin, "POST", "/api/v1/keys", map[string]any{"name": "spare", "role": "viewer"}, &spare)
+	rel := e.mustUpload(e.admin, "r1", buildPackage(t, e.releaseKey(e.admin), "alpha", "1.0.0"))
+	var camp struct{ ID string }
+	e.must(e.admin, "POST", "/api/v1/campaigns", map[string]any{"name": "c1", "release": rel.Name, "group": grp.ID, "wait": "1h"}, &camp)
 	real := map[string]string{
 		"/api/v1/devices/": id.DeviceID, "/api/v1/tokens/": tok.ID, "/api/v1/groups/": grp.ID,
 		"/api/v1/webhooks/": hook.ID, "/api/v1/keys/": spare.ID, "/api/v1/release-keys/": "nope",
+		"/api/v1/releases/": rel.ID, "/api/v1/campaigns/": camp.ID,
 	}
 	fill := func(path, with string) string {
 		if with == "" {
@@ -96,6 +101,16 @@ func TestAccessMatrix(t *testing.T) {
 	}
 	e.must(e.admin, "GET", "/api/v1/groups/"+grp.ID, nil, nil)
 	assertKeyLive(e, spare.ID)
+	var c struct{ State string }
+	e.must(e.admin, "GET", "/api/v1/campaigns/"+camp.ID, nil, &c)
+	if c.State == "cancelled" || c.State == "rolled_back" || c.State == "paused" {
+		t.Fatalf("campaign changed from another account: %s", c.State)
+	}
+	if _, err := e.srv.Store().Desired(context.Background(), "", id.DeviceID); err != nil {
+		t.Fatalf("desired state: %v", err)
+	} else if d, _ := e.srv.Store().Desired(context.Background(), "", id.DeviceID); d.Target.Campaign != camp.ID {
+		t.Fatalf("desired state changed from another account: %+v", d.Target)
+	}
 	// Listings are per account.
 	var ds []store.Device
 	e.must(other.AdminKey, "GET", "/api/v1/devices", nil, &ds)

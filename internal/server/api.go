@@ -24,7 +24,8 @@ type caller struct {
 	Account string
 	KeyID   string
 	Role    store.Role
-	System  bool // an admin of the default account: may manage accounts
+	System  bool   // an admin of the default account: may manage accounts
+	Device  string // a device authenticated by its client certificate (device endpoints)
 }
 
 // route is one API endpoint. The route table is the single source of the API's
@@ -38,7 +39,14 @@ type route struct {
 	Request      any // example request body type, for the OpenAPI document
 	Response     any // example response body type
 	Status       int // success status (200 when 0)
-	handle       func(s *Server, w http.ResponseWriter, r *http.Request, c *caller) error
+	// Device marks an endpoint for devices: authenticated by the device's client
+	// certificate (mutual TLS), not by an API key.
+	Device bool
+	// MaxBody bounds the request body: 0 is maxBody, -1 the server's upload limit.
+	MaxBody int64
+	// RequestType is the request body's media type when it is not JSON.
+	RequestType string
+	handle      func(s *Server, w http.ResponseWriter, r *http.Request, c *caller) error
 }
 
 // Handler returns the HTTP handler of the API.
@@ -57,8 +65,23 @@ func (s *Server) Handler() http.Handler {
 }
 
 func (s *Server) serve(rt route, w http.ResponseWriter, r *http.Request) {
-	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	limit := rt.MaxBody
+	switch limit {
+	case 0:
+		limit = maxBody
+	case -1:
+		limit = s.cfg.MaxUpload
+	}
+	body := &limitedBody{ReadCloser: http.MaxBytesReader(w, r.Body, limit)}
+	r.Body = body
 	var c *caller
+	if rt.Device {
+		var err error
+		if c, err = s.authenticateDevice(r); err != nil {
+			writeProblem(w, err)
+			return
+		}
+	}
 	if rt.Role != "" {
 		var err error
 		if c, err = s.authenticate(r); err != nil {
@@ -72,12 +95,31 @@ func (s *Server) serve(rt route, w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err := rt.handle(s, w, r, c); err != nil {
+		if body.exceeded != nil {
+			err = body.exceeded // whatever the reader made of it, the body was too large
+		}
 		var ae *apiError
 		if !errors.As(err, &ae) && !isClientError(err) {
 			s.log.Error("api", "method", r.Method, "path", r.URL.Path, "err", err)
 		}
 		writeProblem(w, err)
 	}
+}
+
+// limitedBody remembers that the body went over its limit, so the answer is a
+// 413 even when a parser (tar, multipart) reported the cut as something else.
+type limitedBody struct {
+	io.ReadCloser
+	exceeded error
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		b.exceeded = mbe
+	}
+	return n, err
 }
 
 // authenticate checks the request's bearer API key.
@@ -153,8 +195,14 @@ func problemFor(err error) *apiError {
 		return p(http.StatusForbidden, "enrollment token not usable")
 	case errors.Is(err, store.ErrDecommissioned), errors.Is(err, store.ErrRejected):
 		return p(http.StatusForbidden, "device refused")
-	case errors.Is(err, store.ErrBadSelector), errors.Is(err, ErrBadCSR):
+	case errors.Is(err, store.ErrBadSelector), errors.Is(err, ErrBadCSR), errors.Is(err, store.ErrBadCampaign):
 		return p(http.StatusBadRequest, "bad request")
+	case errors.Is(err, store.ErrBadRelease):
+		return p(http.StatusUnprocessableEntity, "invalid release")
+	case errors.Is(err, store.ErrCampaignState):
+		return p(http.StatusConflict, "wrong state")
+	case errors.Is(err, store.ErrConflict):
+		return p(http.StatusConflict, "conflict")
 	case errors.Is(err, context.Canceled):
 		return &apiError{Status: 499, Title: "client closed request"}
 	}

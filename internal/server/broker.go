@@ -24,6 +24,9 @@ type Broker interface {
 	Addr() string
 	// Disconnect drops a device's connection, if it has one.
 	Disconnect(deviceID string)
+	// Publish sends a message to devices (QoS 1), retained if retain is set; it
+	// returns once the broker holds it.
+	Publish(ctx context.Context, topic string, payload []byte, retain bool) error
 	// Close stops the broker.
 	Close() error
 }
@@ -42,21 +45,27 @@ const maxReported = 256 << 10
 // a decommissioned device, or an older certificate of a re-enrolled one, is
 // refused even though its chain verifies). It returns the device id.
 func (s *Server) authorizeDevice(ctx context.Context, cert *x509.Certificate) (string, error) {
+	d, err := s.deviceForCert(ctx, cert)
+	return d.ID, err
+}
+
+// deviceForCert is authorizeDevice returning the device's record.
+func (s *Server) deviceForCert(ctx context.Context, cert *x509.Certificate) (store.Device, error) {
 	if cert == nil {
-		return "", errNoClientCert
+		return store.Device{}, errNoClientCert
 	}
 	id := cert.Subject.CommonName
 	d, err := s.store.Device(ctx, "", id)
 	if err != nil {
-		return "", err
+		return d, err
 	}
 	if d.Status != store.StatusActive {
-		return "", fmt.Errorf("device %s is %s: %w", id, d.Status, store.ErrWrongState)
+		return d, fmt.Errorf("device %s is %s: %w", id, d.Status, store.ErrWrongState)
 	}
 	if d.CertFingerprint == "" || d.CertFingerprint != Fingerprint(cert.Raw) {
-		return "", errCertRevoked
+		return d, errCertRevoked
 	}
-	return id, nil
+	return d, nil
 }
 
 // deviceMessage handles one message a device published on its own topic (the
@@ -98,6 +107,8 @@ func (s *Server) deviceMessage(ctx context.Context, id, remote, kind string, pay
 		if _, err := s.store.Report(ctx, id, payload, now); err != nil {
 			return err
 		}
+	case link.TopicEvents:
+		return s.deviceEvent(ctx, id, payload)
 	default:
 		s.log.Debug("device message ignored", "device", id, "kind", kind)
 	}

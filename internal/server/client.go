@@ -51,19 +51,30 @@ func NewClient(url, key, caFingerprint string) *Client {
 // answer into out (if not nil). An error answer is returned as a *Problem.
 func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
+	contentType := ""
 	if in != nil {
 		data, err := json.Marshal(in)
 		if err != nil {
 			return err
 		}
-		body = bytes.NewReader(data)
+		body, contentType = bytes.NewReader(data), "application/json"
 	}
+	return c.send(ctx, method, path, contentType, body, out)
+}
+
+// Upload POSTs body, of contentType, as it reads it (a release's packages are
+// streamed, never held in memory), and decodes the JSON answer into out.
+func (c *Client) Upload(ctx context.Context, path, contentType string, body io.Reader, out any) error {
+	return c.send(ctx, http.MethodPost, path, contentType, body, out)
+}
+
+func (c *Client) send(ctx context.Context, method, path, contentType string, body io.Reader, out any) error {
 	req, err := http.NewRequestWithContext(ctx, method, c.URL+path, body)
 	if err != nil {
 		return err
 	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	req.Header.Set("Authorization", "Bearer "+c.Key)
 	res, err := c.http.Do(req)

@@ -88,6 +88,12 @@ func (b *embeddedBroker) Disconnect(id string) {
 
 func (b *embeddedBroker) Close() error { return b.mq.Close() }
 
+// Publish hands a message to the broker's inline client; a retained one is kept
+// (in memory: the server publishes every desired state again at start).
+func (b *embeddedBroker) Publish(_ context.Context, topic string, payload []byte, retain bool) error {
+	return b.mq.Publish(topic, payload, retain, 1)
+}
+
 // invalidateCAs makes the next handshake reload the account CAs.
 func (b *embeddedBroker) invalidateCAs() {
 	b.cas.mu.Lock()

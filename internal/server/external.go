@@ -99,7 +99,8 @@ func (b *externalBroker) Start(ctx context.Context) error {
 	roots.AddCert(b.s.serverCA.cert)
 	tlsCfg := &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: roots, MinVersion: tls.VersionTLS12,
 		ServerName: b.u.Hostname()}
-	filters := []string{link.TopicPrefix + "+/" + link.TopicStatus, link.TopicPrefix + "+/" + link.TopicReported}
+	filters := []string{link.TopicPrefix + "+/" + link.TopicStatus, link.TopicPrefix + "+/" + link.TopicReported,
+		link.TopicPrefix + "+/" + link.TopicEvents}
 	b.cm, err = autopaho.NewConnection(ctx, autopaho.ClientConfig{
 		ServerUrls:                    []*url.URL{b.u},
 		TlsCfg:                        tlsCfg,
@@ -151,6 +152,25 @@ func (b *externalBroker) Addr() string {
 // server; cutting its connection needs a CRL on the broker (not yet written).
 func (b *externalBroker) Disconnect(id string) {
 	b.s.log.Warn("external broker: decommissioned device stays connected until the broker refuses its certificate", "device", id)
+}
+
+// Publish sends a QoS 1 message through the server's connection and waits for
+// the broker's PUBACK.
+func (b *externalBroker) Publish(ctx context.Context, topic string, payload []byte, retain bool) error {
+	if b.cm == nil {
+		return errors.New("external broker: not started")
+	}
+	if err := b.cm.AwaitConnection(ctx); err != nil {
+		return fmt.Errorf("external broker: %w", err)
+	}
+	res, err := b.cm.Publish(ctx, &paho.Publish{Topic: topic, Payload: payload, QoS: 1, Retain: retain})
+	if err != nil {
+		return err
+	}
+	if res != nil && res.ReasonCode >= 0x80 {
+		return fmt.Errorf("external broker refused publish to %s: reason 0x%02x", topic, res.ReasonCode)
+	}
+	return nil
 }
 
 func (b *externalBroker) Close() error {

@@ -58,10 +58,18 @@ func startWith(t *testing.T, dir, db string) *env {
 	return e
 }
 
-func (e *env) boot() {
+func (e *env) boot() { e.bootWith(nil) }
+
+// bootWith starts the server with the test configuration, changed by mod.
+func (e *env) bootWith(mod func(*server.Config)) {
 	e.t.Helper()
-	srv, err := server.Start(context.Background(), server.Config{DataDir: e.dir, DB: e.db, HTTPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0",
-		Out: io.Discard, Logger: testLogger(e.t), HandshakeTimeout: 2 * time.Second, WebhookRetryBase: 50 * time.Millisecond})
+	cfg := server.Config{DataDir: e.dir, DB: e.db, HTTPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0",
+		Out: io.Discard, Logger: testLogger(e.t), HandshakeTimeout: 2 * time.Second, WebhookRetryBase: 50 * time.Millisecond,
+		CampaignTick: 50 * time.Millisecond}
+	if mod != nil {
+		mod(&cfg)
+	}
+	srv, err := server.Start(context.Background(), cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -75,11 +83,14 @@ func (e *env) boot() {
 	e.http = newPinnedClient(srv.CAFingerprint())
 }
 
+// restart stops the server and starts it again on the same addresses, so that
+// devices reconnect to it.
 func (e *env) restart() {
 	e.t.Helper()
+	httpAddr, mqttAddr := e.srv.HTTPAddr(), e.srv.MQTTAddr()
 	e.srv.Close()
 	e.srv = nil
-	e.boot()
+	e.bootWith(func(c *server.Config) { c.HTTPAddr, c.MQTTAddr = httpAddr, mqttAddr })
 }
 
 // do sends a request with key (may be "") and decodes a JSON answer into out.

@@ -32,11 +32,29 @@ func OpenAPI() map[string]any {
 				"content": map[string]any{"application/json": map[string]any{"schema": schemaOf(reflect.TypeOf(rt.Response))}}}
 		}
 		op["responses"] = responses
-		if rt.Request != nil {
-			op["requestBody"] = map[string]any{"required": true, "content": map[string]any{
-				"application/json": map[string]any{"schema": schemaOf(reflect.TypeOf(rt.Request))}}}
+		if rt.Request != nil || rt.RequestType != "" {
+			content := map[string]any{}
+			if rt.Request != nil {
+				content["application/json"] = map[string]any{"schema": schemaOf(reflect.TypeOf(rt.Request))}
+			}
+			switch rt.RequestType {
+			case "":
+			case "multipart/form-data":
+				content[rt.RequestType] = map[string]any{"schema": map[string]any{"type": "object", "properties": map[string]any{
+					"name":    map[string]any{"type": "string"},
+					"package": map[string]any{"type": "array", "items": map[string]any{"type": "string", "format": "binary"}}}}}
+			default:
+				binary := map[string]any{"schema": map[string]any{"type": "string", "format": "binary"}}
+				content[rt.RequestType], content["application/octet-stream"] = binary, binary
+			}
+			op["requestBody"] = map[string]any{"required": true, "content": content}
 		}
-		if rt.Role != "" {
+		if rt.Device {
+			resp["content"] = map[string]any{"application/octet-stream": map[string]any{"schema": map[string]any{"type": "string", "format": "binary"}}}
+			responses["206"] = map[string]any{"description": "Partial Content (Range)"}
+			op["security"] = []any{map[string]any{"deviceCert": []string{}}}
+			op["description"] = "For devices: authenticated by the device's client certificate (mutual TLS); serves only what the releases of the device's account hold."
+		} else if rt.Role != "" {
 			op["security"] = []any{map[string]any{"apiKey": []string{}}}
 			desc := "Requires role " + string(rt.Role) + " or higher"
 			if rt.System {
@@ -61,10 +79,11 @@ func OpenAPI() map[string]any {
 	return map[string]any{
 		"openapi": "3.1.0",
 		"info": map[string]any{"title": "Tern server API", "version": "1",
-			"description": "Device directory, enrollment, accounts and keys, events and webhooks. Errors are RFC 9457 problem+json."},
+			"description": "Device directory, enrollment, accounts and keys, releases, desired state, campaigns, events and webhooks. Errors are RFC 9457 problem+json."},
 		"paths": paths,
 		"components": map[string]any{
-			"securitySchemes": map[string]any{"apiKey": map[string]any{"type": "http", "scheme": "bearer", "description": "An API key: ternk.<id>.<secret>"}},
+			"securitySchemes": map[string]any{"apiKey": map[string]any{"type": "http", "scheme": "bearer", "description": "An API key: ternk.<id>.<secret>"},
+				"deviceCert": map[string]any{"type": "mutualTLS", "description": "The device's client certificate, issued at enrollment"}},
 			"schemas": map[string]any{"Problem": map[string]any{"type": "object", "properties": map[string]any{
 				"type": map[string]any{"type": "string"}, "title": map[string]any{"type": "string"},
 				"status": map[string]any{"type": "integer"}, "detail": map[string]any{"type": "string"}}}},
@@ -88,8 +107,9 @@ func operationID(rt route) string {
 func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
 
 var (
-	timeType = reflect.TypeOf(time.Time{})
-	rawType  = reflect.TypeOf(json.RawMessage{})
+	timeType      = reflect.TypeOf(time.Time{})
+	rawType       = reflect.TypeOf(json.RawMessage{})
+	marshalerType = reflect.TypeOf((*json.Marshaler)(nil)).Elem()
 )
 
 // schemaOf derives a JSON Schema from a Go type and its json tags.
@@ -99,6 +119,8 @@ func schemaOf(t reflect.Type) map[string]any {
 		return map[string]any{"type": "string", "format": "date-time"}
 	case t == rawType:
 		return map[string]any{}
+	case t.Kind() != reflect.Pointer && t.Implements(marshalerType):
+		return map[string]any{"type": "string"} // Amount ("10%"), Duration ("1m")
 	}
 	switch t.Kind() {
 	case reflect.Pointer:
@@ -107,8 +129,10 @@ func schemaOf(t reflect.Type) map[string]any {
 		return map[string]any{"type": "string"}
 	case reflect.Bool:
 		return map[string]any{"type": "boolean"}
-	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Uint16:
+	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Uint16, reflect.Uint32, reflect.Uint64:
 		return map[string]any{"type": "integer"}
+	case reflect.Float64:
+		return map[string]any{"type": "number"}
 	case reflect.Slice:
 		return map[string]any{"type": "array", "items": schemaOf(t.Elem())}
 	case reflect.Map:

@@ -7,9 +7,10 @@ import (
 	"github.com/tern-iot/tern/internal/store"
 )
 
-// routes is the API. Roles: viewer reads, operator changes devices, tokens and
-// groups, admin manages keys, webhooks and release keys; System marks what only the
-// default account's admins may do.
+// routes is the API. Roles: viewer reads, operator changes devices, tokens,
+// groups, releases and campaigns, admin manages keys, webhooks and release keys;
+// System marks what only the default account's admins may do; Device marks what
+// devices fetch with their client certificate.
 func routes() []route {
 	v, o, a := store.RoleViewer, store.RoleOperator, store.RoleAdmin
 	return []route{
@@ -68,6 +69,39 @@ func routes() []route {
 		{Method: "POST", Path: "/api/v1/release-keys", Role: a, Summary: "Register a release public key",
 			Request: releaseKeyReq{}, Response: store.ReleaseKey{}, Status: 201, handle: (*Server).postReleaseKey},
 		{Method: "DELETE", Path: "/api/v1/release-keys/{id}", Role: a, Summary: "Remove a release key", Status: 204, handle: (*Server).deleteReleaseKey},
+
+		{Method: "POST", Path: "/api/v1/packages", Role: o, Summary: "Upload one .tern package (the body), verified against the release keys",
+			RequestType: packageMediaType, MaxBody: -1, Response: store.Package{}, Status: 201, handle: (*Server).postPackage},
+		{Method: "GET", Path: "/api/v1/releases", Role: v, Summary: "List releases, newest first", Response: []store.Release{}, handle: (*Server).listReleases},
+		{Method: "POST", Path: "/api/v1/releases", Role: o, Summary: "Create a release: multipart/form-data (name, package files) or JSON (name, uploaded package digests)",
+			Request: releaseReq{}, RequestType: "multipart/form-data", MaxBody: -1, Response: store.Release{}, Status: 201, handle: (*Server).postRelease},
+		{Method: "GET", Path: "/api/v1/releases/{id}", Role: v, Summary: "Show a release (id or name)", Response: store.Release{}, handle: (*Server).getRelease},
+
+		{Method: "GET", Path: "/api/v1/devices/{id}/desired", Role: v, Summary: "A device's desired state and what it reported about it",
+			Response: store.DesiredState{}, handle: (*Server).getDesired},
+		{Method: "PUT", Path: "/api/v1/devices/{id}/desired", Role: o, Summary: "Give a device a release (it leaves any campaign)",
+			Request: desiredReq{}, Response: store.DesiredState{}, handle: (*Server).putDesired},
+		{Method: "GET", Path: "/api/v1/devices/{id}/events", Role: v, Summary: "A device's latest events (?limit=), newest first",
+			Response: []store.DeviceEvent{}, handle: (*Server).getDeviceEvents},
+
+		{Method: "GET", Path: "/api/v1/campaigns", Role: v, Summary: "List campaigns with their progress", Response: []CampaignView{}, handle: (*Server).listCampaigns},
+		{Method: "POST", Path: "/api/v1/campaigns", Role: o, Summary: "Start a campaign: a release to a group or selector, in phases",
+			Request: campaignReq{}, Response: CampaignView{}, Status: 201, handle: (*Server).postCampaign},
+		{Method: "GET", Path: "/api/v1/campaigns/{id}", Role: v, Summary: "Show a campaign (id or name): progress per phase and per device",
+			Response: CampaignView{}, handle: (*Server).getCampaign},
+		{Method: "POST", Path: "/api/v1/campaigns/{id}/pause", Role: o, Summary: "Pause a running campaign", Response: CampaignView{}, handle: campaignAction(store.ActionPause)},
+		{Method: "POST", Path: "/api/v1/campaigns/{id}/resume", Role: o, Summary: "Resume a paused campaign (its failures so far are acknowledged)",
+			Response: CampaignView{}, handle: campaignAction(store.ActionResume)},
+		{Method: "POST", Path: "/api/v1/campaigns/{id}/cancel", Role: o, Summary: "Cancel a campaign: assign no further device", Response: CampaignView{}, handle: campaignAction(store.ActionCancel)},
+		{Method: "POST", Path: "/api/v1/campaigns/{id}/rollback", Role: o, Summary: "Roll back: give the campaign's devices what they ran before",
+			Response: CampaignView{}, handle: (*Server).postCampaignRollback},
+
+		{Method: "GET", Path: "/api/v1/device/manifests/{digest}", Device: true, Summary: "Device: a released package's manifest.json (client certificate)",
+			handle: (*Server).getDeviceManifest},
+		{Method: "GET", Path: "/api/v1/device/manifests/{digest}/sig", Device: true, Summary: "Device: a released package's manifest.sig (client certificate)",
+			handle: (*Server).getDeviceManifestSig},
+		{Method: "GET", Path: "/api/v1/device/blobs/{digest}", Device: true, Summary: "Device: a blob of a released package; Range requests resume (client certificate)",
+			handle: (*Server).getDeviceBlob},
 	}
 }
 
@@ -81,6 +115,7 @@ type Endpoint struct {
 	Method, Path string
 	Role         store.Role // "" when no API key is needed
 	System       bool       // only admins of the default account
+	Device       bool       // for devices: their client certificate, no API key
 }
 
 // Endpoints lists the API's endpoints: for documentation and for tests that prove
@@ -88,7 +123,7 @@ type Endpoint struct {
 func Endpoints() []Endpoint {
 	var out []Endpoint
 	for _, r := range routes() {
-		out = append(out, Endpoint{Method: r.Method, Path: r.Path, Role: r.Role, System: r.System})
+		out = append(out, Endpoint{Method: r.Method, Path: r.Path, Role: r.Role, System: r.System, Device: r.Device})
 	}
 	return out
 }

@@ -1,6 +1,7 @@
 // Package server is Tern's management service: the device directory, enrolment,
-// the MQTT side of the device protocol (presence and reported state), accounts and
-// API keys with roles, the event stream and webhooks.
+// the MQTT side of the device protocol (presence, reported state, events, and the
+// signed desired state it publishes), accounts and API keys with roles, releases
+// and the blobs devices download, phased campaigns, the event stream and webhooks.
 //
 // A Server owns one store.Store and one Broker. Several servers may share a
 // PostgreSQL database (and an external broker) as replicas; every piece of state
@@ -57,6 +58,14 @@ type Config struct {
 	// WebhookRetryBase is the first retry delay of a failed webhook delivery,
 	// doubled at each attempt; default 2s.
 	WebhookRetryBase time.Duration
+	// DesiredTTL is how long a signed desired-state document is valid; documents
+	// are re-signed and published again when half of it has passed. Default 7 days.
+	DesiredTTL time.Duration
+	// CampaignTick is how often every running campaign is stepped (reports and
+	// operator actions step it at once). Default 2s.
+	CampaignTick time.Duration
+	// MaxUpload bounds one release or package upload. Default 4 GiB.
+	MaxUpload int64
 	// Out receives the first-start admin key (default os.Stdout).
 	Out    io.Writer
 	Logger *slog.Logger
@@ -76,12 +85,17 @@ type Server struct {
 
 	httpLn  net.Listener
 	httpSrv *http.Server
+	httpCAs clientCAs // device CAs for client certificates on the HTTPS listener
 	hooks   *webhooks
+	blobs   *blobStore
+	pub     *publisher
+	runner  *runner
 
-	authMu sync.Mutex
-	cas    map[string]*authority // account id -> device CA, loaded lazily
-	wg     sync.WaitGroup
-	cancel context.CancelFunc
+	authMu    sync.Mutex
+	cas       map[string]*authority       // account id -> device CA, loaded lazily
+	directors map[string]trust.PrivateKey // account id -> director key, loaded lazily
+	wg        sync.WaitGroup
+	cancel    context.CancelFunc
 }
 
 // Start opens the store, creates what a first start needs, binds the HTTPS and
@@ -108,6 +122,15 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.DesiredTTL == 0 {
+		cfg.DesiredTTL = 7 * 24 * time.Hour
+	}
+	if cfg.CampaignTick == 0 {
+		cfg.CampaignTick = 2 * time.Second
+	}
+	if cfg.MaxUpload == 0 {
+		cfg.MaxUpload = 4 << 30
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
@@ -115,7 +138,10 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, store: st, now: func() time.Time { return time.Now().UTC() }, cas: map[string]*authority{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, store: st, now: func() time.Time { return time.Now().UTC() }, cas: map[string]*authority{},
+		directors: map[string]trust.PrivateKey{}}
+	s.pub = &publisher{s: s}
+	s.runner = newRunner(s)
 	if err := s.start(ctx); err != nil {
 		s.Close()
 		return nil, err
@@ -127,9 +153,12 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.bootstrap(ctx); err != nil {
 		return fmt.Errorf("first start: %w", err)
 	}
+	var err error
+	if s.blobs, err = newBlobStore(s.cfg.DataDir); err != nil {
+		return fmt.Errorf("blob store: %w", err)
+	}
 	bctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	var err error
 	if s.cfg.Broker != "" {
 		s.broker, err = newExternalBroker(s)
 	} else {
@@ -145,7 +174,17 @@ func (s *Server) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	tlsCfg := &tls.Config{Certificates: []tls.Certificate{s.tlsCert}, MinVersion: tls.VersionTLS12}
+	// Devices fetch artifacts with their client certificate; people and enrolling
+	// devices come without one.
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12,
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			pool, err := s.clientCAPool(hello.Context(), &s.httpCAs)
+			if err != nil {
+				return nil, err
+			}
+			return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{s.tlsCert},
+				ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: pool, NextProtos: []string{"h2", "http/1.1"}}, nil
+		}}
 	s.httpSrv = &http.Server{
 		Handler:           s.Handler(),
 		TLSConfig:         tlsCfg,
@@ -164,6 +203,17 @@ func (s *Server) start(ctx context.Context) error {
 	s.hooks = newWebhooks(s)
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.hooks.run(bctx) }()
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.runner.run(bctx) }()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if n, err := s.blobs.gc(bctx, s.store.BlobReferenced, time.Hour); err != nil && bctx.Err() == nil {
+			s.log.Warn("blob garbage collection", "err", err)
+		} else if n > 0 {
+			s.log.Info("unreferenced blobs removed", "blobs", n)
+		}
+	}()
 	s.log.Info("tern server started", "https", s.httpLn.Addr().String(), "mqtt", s.broker.Addr(),
 		"db", string(s.store.Dialect()), "ca_fingerprint", s.caFingerprint)
 	return nil
@@ -326,6 +376,9 @@ func (s *Server) createAccount(ctx context.Context, name string) (store.Account,
 	if b, ok := s.broker.(*embeddedBroker); ok {
 		b.invalidateCAs()
 	}
+	s.httpCAs.mu.Lock()
+	s.httpCAs.invalid = true
+	s.httpCAs.mu.Unlock()
 	return a, nil
 }
 

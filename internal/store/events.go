@@ -19,6 +19,14 @@ const (
 	EventReported       = "reported"       // a device's reported state changed
 	EventLabels         = "labels"         // a device's labels changed
 	EventDecommissioned = "decommissioned" // a device's certificate was revoked for good
+
+	EventReleaseCreated = "release.created" // a release was uploaded
+	EventDesiredSet     = "desired.set"     // an operator gave a device a release
+	// A device's report on its desired state is recorded as "desired." + its state
+	// (desired.accepted, desired.applying, desired.applied, desired.rolled_back,
+	// desired.rejected); a campaign's changes as campaign.created,
+	// campaign.phase_started, campaign.phase_completed, campaign.paused,
+	// campaign.resumed, campaign.completed, campaign.cancelled, campaign.rolled_back.
 )
 
 // Event is one entry of an account's event log. Seq orders the events of all

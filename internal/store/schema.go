@@ -137,6 +137,106 @@ CREATE TABLE webhook_deliveries (
 );
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries(status, next_at);
 `,
+	// 2: releases, desired state, device events, campaigns (issue 6).
+	`
+CREATE TABLE packages (
+	account_id TEXT NOT NULL REFERENCES accounts(id),
+	digest     TEXT NOT NULL,
+	kind       TEXT NOT NULL,
+	name       TEXT NOT NULL,
+	version    TEXT NOT NULL,
+	size       BIGINT NOT NULL,
+	manifest   TEXT NOT NULL,
+	sig        TEXT NOT NULL,
+	created_at BIGINT NOT NULL,
+	PRIMARY KEY (account_id, digest)
+);
+CREATE TABLE package_blobs (
+	account_id TEXT NOT NULL,
+	package    TEXT NOT NULL,
+	blob       TEXT NOT NULL,
+	size       BIGINT NOT NULL,
+	PRIMARY KEY (account_id, package, blob)
+);
+CREATE INDEX package_blobs_blob ON package_blobs(account_id, blob);
+CREATE TABLE releases (
+	id         TEXT PRIMARY KEY,
+	account_id TEXT NOT NULL REFERENCES accounts(id),
+	name       TEXT NOT NULL,
+	created_at BIGINT NOT NULL,
+	UNIQUE (account_id, name)
+);
+CREATE TABLE release_packages (
+	release_id TEXT NOT NULL REFERENCES releases(id),
+	account_id TEXT NOT NULL,
+	package    TEXT NOT NULL,
+	position   INTEGER NOT NULL,
+	PRIMARY KEY (release_id, package)
+);
+CREATE INDEX release_packages_package ON release_packages(account_id, package);
+CREATE TABLE desired (
+	device_id      TEXT PRIMARY KEY REFERENCES devices(id),
+	account_id     TEXT NOT NULL,
+	version        BIGINT NOT NULL,
+	target_since   BIGINT NOT NULL,
+	release_id     TEXT NOT NULL,
+	release_name   TEXT NOT NULL,
+	campaign_id    TEXT NOT NULL,
+	packages       TEXT NOT NULL,
+	envelope       TEXT NOT NULL,
+	expires_at     BIGINT NOT NULL,
+	published      INTEGER NOT NULL,
+	status         TEXT NOT NULL,
+	status_version BIGINT NOT NULL,
+	message        TEXT NOT NULL,
+	updated_at     BIGINT NOT NULL
+);
+CREATE INDEX desired_expiry ON desired(expires_at);
+CREATE INDEX desired_unpublished ON desired(published);
+CREATE TABLE device_events (
+	id        {{serial}},
+	device_id TEXT NOT NULL REFERENCES devices(id),
+	seq       BIGINT NOT NULL,
+	kind      TEXT NOT NULL,
+	data      TEXT NOT NULL,
+	at        BIGINT NOT NULL
+);
+CREATE INDEX device_events_device ON device_events(device_id, id);
+CREATE UNIQUE INDEX device_events_seq ON device_events(device_id, seq) WHERE seq > 0;
+CREATE TABLE campaigns (
+	id                 TEXT PRIMARY KEY,
+	account_id         TEXT NOT NULL REFERENCES accounts(id),
+	name               TEXT NOT NULL,
+	release_id         TEXT NOT NULL REFERENCES releases(id),
+	target             TEXT NOT NULL,
+	spec               TEXT NOT NULL,
+	state              TEXT NOT NULL,
+	reason             TEXT NOT NULL,
+	phase              INTEGER NOT NULL,
+	phase_started      BIGINT NOT NULL,
+	phase_done         BIGINT NOT NULL,
+	ack_failures       INTEGER NOT NULL,
+	ack_phase_failures INTEGER NOT NULL,
+	created_at         BIGINT NOT NULL,
+	updated_at         BIGINT NOT NULL,
+	UNIQUE (account_id, name)
+);
+CREATE INDEX campaigns_state ON campaigns(state);
+CREATE TABLE campaign_devices (
+	campaign_id     TEXT NOT NULL REFERENCES campaigns(id),
+	device_id       TEXT NOT NULL REFERENCES devices(id),
+	phase           INTEGER NOT NULL,
+	position        INTEGER NOT NULL,
+	state           TEXT NOT NULL,
+	message         TEXT NOT NULL,
+	desired_version BIGINT NOT NULL,
+	prev_release    TEXT NOT NULL,
+	prev_packages   TEXT NOT NULL,
+	updated_at      BIGINT NOT NULL,
+	PRIMARY KEY (campaign_id, device_id)
+);
+CREATE INDEX campaign_devices_device ON campaign_devices(device_id);
+`,
 }
 
 // migrate applies the migrations not yet applied. On PostgreSQL an advisory lock
