@@ -1,46 +1,53 @@
 #!/usr/bin/env bash
-# The demo: what Tern does today, end to end, on this machine: a signed app
-# package; a device (ternd with real runc) that installs it, updates it, rolls a
-# broken release back by itself, and rolls back to N-1 on request.
+# The demo, end to end on this machine: a management server on embedded defaults
+# (SQLite, embedded MQTT broker), one device (ternd with real runc) that enrolls
+# with a token, and the example app rolled out by campaigns: deployed, updated,
+# rolled back by the operator, then a broken release that the device rolls back by
+# itself while its campaign pauses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath "${1:-out}")
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 if [[ $(id -u) -ne 0 ]]; then
 	echo "demo: run as root (ternd runs containers with runc)" >&2
 	exit 1
 fi
 
-step "verify the signed example package against the development key"
-./bin/tern app verify "$out/hello-1.0.0.tern" --pubkey "$out/dev.pub"
-./bin/tern app inspect "$out/hello-1.0.0.tern" --pubkey "$out/dev.pub"
+work=$(mktemp -d /tmp/tern-demo-XXXX)
+export HOME=$work/home # tern fleet login keeps its config here, not in yours
+mkdir -p "$HOME" "$work/device"
+free_port() { for p in $(seq "$1" "$(($1 + 200))"); do ss -ltn | grep -q ":$p " || { echo "$p"; return; }; done; }
+http=$(free_port 18443)
+mqtt=$(free_port 18883)
+server_url=https://127.0.0.1:$http
+tern() { ./bin/tern "$@"; }
+device() { ./bin/tern device --device "unix://$work/device/ternd.sock" "$@"; }
 
-step "a tampered package is refused"
-cp "$out/hello-1.0.0.tern" "$out/hello-tampered.tern"
-size=$(stat -c %s "$out/hello-tampered.tern")
-printf '\x01' | dd of="$out/hello-tampered.tern" bs=1 seek=$((size / 2)) conv=notrunc status=none
-if ./bin/tern app verify "$out/hello-tampered.tern" --pubkey "$out/dev.pub"; then
-	echo "demo: a tampered package verified" >&2
-	exit 1
-fi
-
-step "start a device: ternd trusting the development key"
-dev=$(mktemp -d /tmp/tern-demo-XXXX)
-mkdir -p "$dev/trust"
-cp "$out/dev.pub" "$dev/trust/"
-./bin/ternd --data "$dev/data" --socket "$dev/ternd.sock" --trust "$dev/trust" \
-	--runtime-root "$dev/runc" --cgroup-parent /tern-demo >"$dev/ternd.log" 2>&1 &
-ternd_pid=$!
+pids=()
 cleanup() {
-	./bin/tern device --device "unix://$dev/ternd.sock" remove hello >/dev/null 2>&1 || true
-	kill "$ternd_pid" 2>/dev/null || true
-	wait "$ternd_pid" 2>/dev/null || true
-	echo "(device state and ternd's log are in $dev)"
+	device remove hello >/dev/null 2>&1 || true
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	echo "(logs and state are in $work)"
 }
 trap cleanup EXIT
-device() { ./bin/tern device --device "unix://$dev/ternd.sock" "$@"; }
-for _ in $(seq 100); do [[ -S $dev/ternd.sock ]] && break; sleep 0.1; done
+
+bold "start the management server: tern server (SQLite, embedded MQTT broker)"
+./bin/tern server --data "$work/server" --http "127.0.0.1:$http" --mqtt "127.0.0.1:$mqtt" >"$work/server.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [[ -s $work/server/admin.token ]] && break; sleep 0.1; done
+tern fleet login "$server_url" --key "$(cat "$work/server/admin.token")" 2>/dev/null
+tern fleet release-keys add "$out/dev.pub"
+
+bold "enroll a device: ternd with a one-time token that pins the server's CA"
+token=$(tern fleet tokens create --label site=demo 2>/dev/null)
+./bin/ternd --data "$work/device/data" --socket "$work/device/ternd.sock" --trust "$work/device/trust" \
+	--runtime-root "$work/device/runc" --cgroup-parent /tern-demo \
+	--server "$server_url" --enroll-token "$token" >"$work/device/ternd.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do tern fleet devices ls --status online 2>/dev/null | grep -q site=demo && break; sleep 0.2; done
+tern fleet devices ls
 
 # hello listens only inside its own network namespace (network: none); the demo
 # asks it from there, as ternd's health check does.
@@ -54,29 +61,39 @@ ask() {
 	echo "hello does not answer" >&2
 	return 1
 }
+campaign() { # NAME RELEASE: roll RELEASE out to the demo site and follow it
+	tern fleet campaign create "$1" --release "$2" --selector site=demo >/dev/null
+	tern fleet campaign show "$1" --watch | tail -2 || true # --watch exits non-zero for a paused campaign
+}
 
-step "install hello 1.0.0"
-device install "$out/hello-1.0.0.tern"
+bold "release v1 (hello 1.0.0), rolled out by a campaign"
+tern fleet release create v1 "$out/hello-1.0.0.tern"
+campaign roll-v1 v1
 device ps
 printf 'hello says: '; ask
 
-step "update to 1.1.0: installed beside 1.0.0, swapped, watched through probation, committed"
-device install "$out/hello-1.1.0.tern"
+bold "release v2 (hello 1.1.0): the device downloads only what it lacks, swaps, and commits after probation"
+tern fleet release create v2 "$out/hello-1.1.0.tern" >/dev/null
+campaign roll-v2 v2
 device ps
 printf 'hello says: '; ask
 
-step "update to 1.2.0, a broken release: it fails probation and rolls back by itself"
-if device install "$out/hello-1.2.0.tern"; then
-	echo "demo: the broken release was committed" >&2
-	exit 1
-fi
+bold "the operator rolls campaign roll-v2 back: the device returns to its previous release"
+tern fleet campaign rollback roll-v2
+for _ in $(seq 600); do
+	json=$(device ps --json)
+	grep -q '"version": "1.0.0"' <<<"$json" && ! grep -q '"update"' <<<"$json" && break
+	sleep 0.1
+done
 device ps
 printf 'hello says: '; ask
 
-step "roll back to the previous version on request"
-device rollback hello
+bold "release v3 (hello 1.2.0) is broken: the device rolls it back by itself, the campaign pauses"
+tern fleet release create v3 "$out/hello-1.2.0.tern" >/dev/null
+campaign roll-v3 v3
 device ps
 printf 'hello says: '; ask
 
-step "what happened, as the device recorded it"
-device events
+bold "what the device recorded, and what the server knows"
+device events | tail -12
+tern fleet devices show "$(tern fleet devices ls -q demo | awk 'NR==2 {print $1}')"

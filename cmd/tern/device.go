@@ -96,6 +96,12 @@ func deviceCmd() *cobra.Command {
 				if e.Version != "" {
 					app += " " + e.Version
 				}
+				if e.State != "" { // a desired-state report
+					tr = e.State
+					if e.DesiredVersion != 0 {
+						app = fmt.Sprintf("desired v%d", e.DesiredVersion)
+					}
+				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format("2006-01-02T15:04:05"), e.Kind, app, tr, e.Message)
 			}
 			return tw.Flush()
