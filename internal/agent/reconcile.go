@@ -70,6 +70,19 @@ func (a *Agent) OfferDesired(payload []byte) {
 	}
 }
 
+// retry offers payload again unless a newer document is waiting.
+func (mg *manager) retry(payload []byte) {
+	mg.mu.Lock()
+	if mg.next == nil {
+		mg.next = payload
+	}
+	mg.mu.Unlock()
+	select {
+	case mg.offer <- nil:
+	default:
+	}
+}
+
 func (a *Agent) reconcileLoop(mg *manager) {
 	for {
 		select {
@@ -97,6 +110,10 @@ type desiredRecord struct {
 	Version  uint64 `json:"version"`
 	Campaign string `json:"campaign,omitempty"`
 	Done     bool   `json:"done"`
+	// OSTried is set when the document's OS update was started: the device
+	// rebooted into it, and the document, delivered again, must report how that
+	// ended rather than start it over.
+	OSTried bool `json:"os_tried,omitempty"`
 }
 
 var keyDesired = []byte("desired")
@@ -146,7 +163,8 @@ func (a *Agent) reconcile(ctx context.Context, mg *manager, payload []byte) {
 		a.event(Event{Kind: link.EventDesired, State: link.DesiredRejected, Message: err.Error()})
 		return
 	}
-	if err := a.store.saveDesired(desiredRecord{Version: d.Version, Campaign: d.Campaign}); err != nil {
+	osTried := rec.Version == d.Version && rec.OSTried
+	if err := a.store.saveDesired(desiredRecord{Version: d.Version, Campaign: d.Campaign, OSTried: osTried}); err != nil {
 		a.log.Error("desired state", "err", err)
 		return
 	}
@@ -158,9 +176,15 @@ func (a *Agent) reconcile(ctx context.Context, mg *manager, payload []byte) {
 		a.event(e)
 	}
 	report(link.DesiredAccepted, nil)
-	state, err := a.apply(ctx, mg, d, func() { report(link.DesiredApplying, nil) })
+	state, err := a.apply(ctx, mg, d, osTried, func() { report(link.DesiredApplying, nil) })
 	if ctx.Err() != nil {
 		return // ternd stops: the document is taken again at the next start
+	}
+	if state == link.DesiredApplying {
+		// An OS update is on its way (a reboot ahead, or a trial boot being
+		// watched): look at the document again shortly, unless a newer one comes.
+		time.AfterFunc(2*time.Second, func() { mg.retry(payload) })
+		return
 	}
 	report(state, err)
 	if err := a.store.saveDesired(desiredRecord{Version: d.Version, Campaign: d.Campaign, Done: true}); err != nil {
@@ -171,7 +195,7 @@ func (a *Agent) reconcile(ctx context.Context, mg *manager, payload []byte) {
 // apply brings the device to d: apps at their desired versions in one transaction
 // (a desired version equal to an app's N-1 is a rollback, with no download), then
 // the OS. It returns the outcome state.
-func (a *Agent) apply(ctx context.Context, mg *manager, d *link.Desired, applying func()) (string, error) {
+func (a *Agent) apply(ctx context.Context, mg *manager, d *link.Desired, osTried bool, applying func()) (string, error) {
 	var installs []link.DesiredPackage
 	var rollbacks []string
 	for _, p := range d.Apps {
@@ -186,8 +210,16 @@ func (a *Agent) apply(ctx context.Context, mg *manager, d *link.Desired, applyin
 	}
 	osChange := d.OS != nil && a.cfg.OS != nil
 	if osChange {
-		if st, err := a.OSStatus(ctx); err == nil && st.Version == d.OS.Version {
+		st, err := a.OSStatus(ctx)
+		switch {
+		case err == nil && st.Update != "":
+			return link.DesiredApplying, nil // an OS update is still on trial: wait for its end
+		case err == nil && st.Version == d.OS.Version && st.Committed == st.Booted:
 			osChange = false
+		case osTried:
+			// This document's OS update ran, and the device is not on it: it
+			// rolled back. Its reason is in the update's events.
+			return link.DesiredRolledBack, fmt.Errorf("OS %s rolled back: %s", d.OS.Version, a.lastUpdateError())
 		}
 	}
 	if len(installs)+len(rollbacks) == 0 && !osChange {
@@ -217,13 +249,30 @@ func (a *Agent) apply(ctx context.Context, mg *manager, d *link.Desired, applyin
 		if err != nil {
 			return link.DesiredRejected, fmt.Errorf("OS %s: %w", d.OS.Version, err)
 		}
+		rec, _ := a.store.desired()
+		rec.OSTried = true
+		if err := a.store.saveDesired(rec); err != nil {
+			return link.DesiredRejected, err
+		}
 		if _, err := a.InstallOS(ctx, r); err != nil {
 			return outcome(err)
 		}
-		// The OS update reboots the device; its outcome is reported after the
-		// reboot as update events.
+		// The OS update reboots the device; after the reboot the document,
+		// delivered again, reports how it ended.
+		return link.DesiredApplying, nil
 	}
 	return link.DesiredApplied, nil
+}
+
+// lastUpdateError is the reason recorded for the last update that rolled back.
+func (a *Agent) lastUpdateError() string {
+	evs, _ := a.store.Events(0)
+	for i := len(evs) - 1; i >= 0; i-- {
+		if evs[i].Kind == "update" && evs[i].To == "rolling_back" && evs[i].Message != "" {
+			return evs[i].Message
+		}
+	}
+	return "unknown"
 }
 
 func outcome(err error) (string, error) {

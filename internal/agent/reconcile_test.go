@@ -9,6 +9,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -250,5 +252,58 @@ func TestReconcileRefusesForgedStaleAndExpiredDocuments(t *testing.T) {
 	}
 	if st := r.e.status("hello"); st.Version != "1.0.0" || st.State != StateRunning {
 		t.Fatalf("app disturbed: %+v", st)
+	}
+}
+
+// TestReconcileOSUpdateReportsItsOutcomeAfterTheReboot: an OS in the desired state
+// is written, tried once across a reboot, and reported applied (or rolled back)
+// only once the device knows, when the retained document arrives again.
+func TestReconcileOSUpdateReportsItsOutcomeAfterTheReboot(t *testing.T) {
+	for _, broken := range []bool{false, true} {
+		t.Run(map[bool]string{false: "commits", true: "rolls back"}[broken], func(t *testing.T) {
+			r := newOSRig(t)
+			srv := newFakeServer()
+			ts := httptest.NewTLSServer(srv)
+			t.Cleanup(ts.Close)
+			director, _ := trust.GenerateKey()
+			manage := func() {
+				r.e.agent.Manage(Management{DeviceID: "dev-1", ServerURL: ts.URL, Director: director.Public(),
+					TLS: &tls.Config{RootCAs: ts.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs}})
+			}
+			manage()
+			digest := srv.add(t, r.osPkg(t, r.e.key, "2.0.0", randomImage(t, 1<<20)))
+			doc, err := link.SignDesired(&link.Desired{Device: "dev-1", Version: 1, Expires: time.Now().Add(time.Hour),
+				OS: &link.DesiredPackage{Name: "os", Version: "2.0.0", Manifest: digest}}, director)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.e.agent.OfferDesired(doc)
+			waitFor(t, "a reboot request", 30*time.Second, func() bool { _, err := os.Stat(r.marker); return err == nil })
+			if broken {
+				os.WriteFile(filepath.Join(r.e.cfg.DataDir, "volumes", "sensor", "data", "broken"), nil, 0o644)
+			}
+			os.Remove(r.marker)
+			r.powerCycle(t)
+			manage()
+			r.e.agent.OfferDesired(doc) // the broker redelivers the retained document
+			if broken {
+				waitFor(t, "a reboot request", 30*time.Second, func() bool { _, err := os.Stat(r.marker); return err == nil })
+				os.Remove(filepath.Join(r.e.cfg.DataDir, "volumes", "sensor", "data", "broken"))
+				os.Remove(r.marker)
+				r.powerCycle(t)
+				manage()
+				r.settled(t)
+				r.e.agent.OfferDesired(doc)
+			}
+			rig := &managedRig{e: r.e}
+			ev := rig.outcome(t, 1)
+			want := map[bool]string{false: link.DesiredApplied, true: link.DesiredRolledBack}[broken]
+			if ev.State != want {
+				t.Fatalf("reported %+v, want %s", ev, want)
+			}
+			if st := r.settled(t); (st.Version == "2.0.0") == broken {
+				t.Fatalf("OS status %+v", st)
+			}
+		})
 	}
 }
