@@ -260,9 +260,14 @@ func watchCampaign(cmd *cobra.Command, id string, asJSON bool) error {
 		case <-time.After(2 * time.Second):
 		}
 		qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := c.Do(qctx, "GET", "/api/v1/campaigns/"+url.PathEscape(v.ID), nil, &v)
+		var next server.CampaignView // fresh: decoding over v would keep counts the answer omits
+		err := c.Do(qctx, "GET", "/api/v1/campaigns/"+url.PathEscape(v.ID), nil, &next)
 		cancel()
-		if err != nil && !errors.Is(err, context.Canceled) {
+		switch {
+		case err == nil:
+			v = next
+		case errors.Is(err, context.Canceled):
+		default:
 			return err
 		}
 	}

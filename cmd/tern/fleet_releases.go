@@ -89,7 +89,40 @@ func fleetReleasesCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(create, ls, show, assign)
+	desired := &cobra.Command{
+		Use: "desired DEVICE", Short: "Show a device's desired state, what it reported about it, and its latest events", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var out struct {
+				Desired store.DesiredState  `json:"desired"`
+				Events  []store.DeviceEvent `json:"events"`
+			}
+			dev := url.PathEscape(args[0])
+			if err := call("GET", "/api/v1/devices/"+dev+"/desired", nil, &out.Desired); err != nil {
+				return err
+			}
+			if err := call("GET", "/api/v1/devices/"+dev+"/events?limit=10", nil, &out.Events); err != nil {
+				return err
+			}
+			return output(cmd.OutOrStdout(), asJSON, out, func(tw *tabwriter.Writer) {
+				d := out.Desired
+				fmt.Fprintf(tw, "%s: desired state v%d, release %s%s, expires %s\n", d.DeviceID, d.Version, orDash(d.Target.ReleaseName),
+					map[bool]string{true: ", campaign " + d.Target.Campaign}[d.Target.Campaign != ""], d.ExpiresAt.Local().Format(time.RFC3339))
+				fmt.Fprintf(tw, "  status: %s %s\n", dashOr(d.Status, "pending"), d.Message)
+				for _, p := range d.Target.Apps {
+					fmt.Fprintf(tw, "  app\t%s\t%s\t%s\n", p.Name, p.Version, p.Manifest)
+				}
+				if d.Target.OS != nil {
+					fmt.Fprintf(tw, "  os\t%s\t%s\t%s\n", d.Target.OS.Name, d.Target.OS.Version, d.Target.OS.Manifest)
+				}
+				fmt.Fprintln(tw, "  RECEIVED\tKIND\tDOCUMENT\tSTATE\tMESSAGE")
+				for _, e := range out.Events {
+					fmt.Fprintf(tw, "  %s\t%s\tv%d\t%s\t%s\n", e.At.Local().Format("15:04:05"), e.Event.Kind, e.Event.DesiredVersion,
+						dashOr(e.Event.State, "-"), oneLine(e.Event.Message))
+				}
+			})
+		},
+	}
+	cmd.AddCommand(create, ls, show, assign, desired)
 	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }

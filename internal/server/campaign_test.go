@@ -80,7 +80,7 @@ func TestDesiredStateIsSignedVersionedRenewedAndRepublishedAfterRestart(t *testi
 		t.Fatalf("running %v", dev.Running())
 	}
 	e.must(e.admin, "PUT", "/api/v1/devices/"+dev.ID()+"/desired", map[string]any{"release": "v2"}, &d)
-	if d.Version != 2 || d.Status != "" {
+	if d.Version != 2 || d.TargetSince != 2 || d.Target.ReleaseName != "v2" {
 		t.Fatalf("second document: %+v", d)
 	}
 	waitFor(t, "v2 applied", func() bool { return dev.Running()["alpha"] == "2.0.0" })
@@ -215,8 +215,11 @@ func TestCampaignResumeAcknowledgesFailuresAndCancelStopsAssigning(t *testing.T)
 	e.releases("v1")
 	devs := e.fleet(4, "a")
 	var once sync.Once
-	fail := func(*link.Desired) (msg string) { // the first device to apply fails
+	fail := func(*link.Desired) (msg string) { // the first device to apply fails; the others take their time
 		once.Do(func() { msg = "probe failed" })
+		if msg == "" {
+			time.Sleep(300 * time.Millisecond)
+		}
 		return msg
 	}
 	for _, d := range devs {

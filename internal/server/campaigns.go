@@ -19,15 +19,28 @@ import (
 // function of stored state, a restarted server simply steps again and the
 // campaign continues where it was.
 type runner struct {
-	s      *Server
-	mu     sync.Mutex
-	kicked map[string]bool
-	wake   chan struct{}
-	next   time.Time // earliest time a plan asked to be woken
+	s         *Server
+	mu        sync.Mutex
+	kicked    map[string]bool
+	wake      chan struct{}
+	republish chan struct{}
+	next      time.Time // earliest time a plan asked to be woken
 }
 
 func newRunner(s *Server) *runner {
-	return &runner{s: s, kicked: map[string]bool{}, wake: make(chan struct{}, 1)}
+	r := &runner{s: s, kicked: map[string]bool{}, wake: make(chan struct{}, 1), republish: make(chan struct{}, 1)}
+	r.requestRepublish() // at start: the embedded broker keeps retained messages in memory only
+	return r
+}
+
+// requestRepublish asks for every stored document to be published again: at
+// start, and whenever the server (re)connects to an external broker, which may
+// have lost its retained messages.
+func (r *runner) requestRepublish() {
+	select {
+	case r.republish <- struct{}{}:
+	default:
+	}
 }
 
 // kick asks for a step of campaign id soon; kicks coalesce.
@@ -44,11 +57,6 @@ func (r *runner) kick(id string) {
 func (r *runner) run(ctx context.Context) {
 	tick := time.NewTicker(r.s.cfg.CampaignTick)
 	defer tick.Stop()
-	// At start, every document goes to the broker again: the embedded broker keeps
-	// retained messages in memory only.
-	if err := r.s.pub.publishStored(ctx, true); err != nil && ctx.Err() == nil {
-		r.s.log.Warn("publish desired states at start", "err", err)
-	}
 	r.stepRunning(ctx)
 	for n := 1; ; n++ {
 		var timer <-chan time.Time
@@ -60,6 +68,10 @@ func (r *runner) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-r.republish:
+			if err := r.s.pub.publishStored(ctx, true); err != nil && ctx.Err() == nil {
+				r.s.log.Warn("publish desired states", "err", err)
+			}
 		case <-r.wake:
 			r.mu.Lock()
 			ids := make([]string, 0, len(r.kicked))

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/tern-iot/tern/internal/link"
 	"github.com/tern-iot/tern/internal/store"
@@ -93,54 +94,88 @@ func (p *publisher) lock(device string) *sync.Mutex {
 }
 
 // publish publishes each document, eight devices at a time. A document the broker
-// did not take stays unpublished in the store and is retried by the ticker.
+// did not take stays unpublished in the store and is retried by the ticker; after
+// the first failure the rest are left to it too (the broker is likely away).
 func (p *publisher) publish(ctx context.Context, pubs []store.Publication) {
 	if len(pubs) == 0 {
 		return
 	}
+	ctx, abort := context.WithCancel(ctx)
+	defer abort()
 	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var done []store.Publication
+	defer func() {
+		wg.Wait()
+		// One transaction for the lot: marking each alone would cost a commit each.
+		if err := p.s.store.MarkPublished(context.WithoutCancel(ctx), done...); err != nil {
+			p.s.log.Warn("mark desired states published", "err", err)
+		}
+	}()
 	for _, pub := range pubs {
+		if ctx.Err() != nil {
+			break
+		}
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if err := p.one(ctx, pub); err != nil && ctx.Err() == nil {
-				p.s.log.Warn("publish desired state: will retry", "device", pub.DeviceID, "version", pub.Version, "err", err)
+			// Bounded: the document is stored; a broker that is away gets it from
+			// the ticker later rather than holding up an API answer.
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			final, err := p.one(pctx, pub)
+			if err != nil {
+				if ctx.Err() == nil {
+					p.s.log.Warn("publish desired state: will retry", "device", pub.DeviceID, "version", pub.Version, "err", err)
+				}
+				abort()
+				return
 			}
+			mu.Lock()
+			done = append(done, final)
+			mu.Unlock()
 		}()
 	}
-	wg.Wait()
 }
 
-func (p *publisher) one(ctx context.Context, pub store.Publication) error {
+// one publishes a device's document and returns the one the broker retains in the
+// end: the newest stored, if another was stored meanwhile.
+func (p *publisher) one(ctx context.Context, pub store.Publication) (store.Publication, error) {
 	mu := p.lock(pub.DeviceID)
 	mu.Lock()
 	defer mu.Unlock()
 	for range 3 {
 		if err := p.s.broker.Publish(ctx, link.Topic(pub.DeviceID, link.TopicDesired), pub.Envelope, true); err != nil {
-			return err
+			return pub, err
 		}
 		cur, err := p.s.store.Desired(ctx, "", pub.DeviceID)
 		if err != nil {
-			return err
+			return pub, err
 		}
 		if cur.Version == pub.Version {
-			return p.s.store.MarkPublished(ctx, pub.DeviceID, pub.Version)
+			return pub, nil
 		}
-		// A newer document was stored meanwhile: make sure it is the one retained.
 		pub = store.Publication{DeviceID: cur.DeviceID, Version: cur.Version, Envelope: cur.Envelope}
 	}
-	return fmt.Errorf("desired state of %s keeps changing", pub.DeviceID)
+	return pub, fmt.Errorf("desired state of %s keeps changing", pub.DeviceID)
 }
 
 // publishStored publishes the stored documents: those not yet published, or with
 // all every document of an active device (at start: the embedded broker lost its
 // retained messages with the previous process).
 func (p *publisher) publishStored(ctx context.Context, all bool) error {
+	if all {
+		// Published before, to a broker that may not hold them now: if publishing
+		// fails half way, the ticker finishes the job.
+		if err := p.s.store.MarkAllUnpublished(ctx); err != nil {
+			return err
+		}
+	}
 	after := ""
 	for {
-		pubs, err := p.s.store.Unpublished(ctx, all, after, 500)
+		pubs, err := p.s.store.Unpublished(ctx, false, after, 500)
 		if err != nil || len(pubs) == 0 {
 			return err
 		}

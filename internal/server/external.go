@@ -110,6 +110,7 @@ func (b *externalBroker) Start(ctx context.Context) error {
 		ReconnectBackoff:              func(n int) time.Duration { return min(500*time.Millisecond<<min(n, 6), 30*time.Second) },
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
 			b.s.log.Info("connected to external broker", "broker", b.u.Host)
+			b.s.runner.requestRepublish() // it may have lost its retained messages meanwhile
 			go func() {
 				var subs []paho.SubscribeOptions
 				for _, f := range filters {

@@ -281,3 +281,31 @@ func (e *env) eventTypes() map[string]bool {
 	}
 	return out
 }
+
+// TestReleaseWithOSImageGoesInTheDocumentsOSField: an OS package in a release is
+// the document's os entry (named "os"), beside the apps.
+func TestReleaseWithOSImageGoesInTheDocumentsOSField(t *testing.T) {
+	e := start(t)
+	key := e.releaseKey(e.admin)
+	img := filepath.Join(t.TempDir(), "rootfs.img")
+	os.WriteFile(img, bytes.Repeat([]byte("ext4"), 4096), 0o644)
+	var osPkg bytes.Buffer
+	if _, err := app.BuildOS(t.Context(), app.OSBuildOptions{Image: img, Version: "2026.5.0", DeviceTypes: []string{"qemu-x86_64"},
+		Keys: []trust.PrivateKey{key}, TempDir: t.TempDir()}, &osPkg); err != nil {
+		t.Fatal(err)
+	}
+	rel := e.mustUpload(e.admin, "full", buildPackage(t, key, "alpha", "1.0.0"), osPkg.Bytes())
+	if len(rel.Packages) != 2 || rel.Packages[1].Kind != store.KindOS || rel.Packages[1].Name != "os" || rel.Packages[1].Version != "2026.5.0" {
+		t.Fatalf("release: %+v", rel.Packages)
+	}
+	code, _, body := e.upload(e.admin, "two-os", osPkg.Bytes(), osPkg.Bytes())
+	if code != 422 {
+		t.Fatalf("two OS images: %d %s", code, body)
+	}
+	id := e.enroll(e.token(e.admin, nil))
+	var d store.DesiredState
+	e.must(e.admin, "PUT", "/api/v1/devices/"+id.DeviceID+"/desired", map[string]any{"release": "full"}, &d)
+	if len(d.Target.Apps) != 1 || d.Target.OS == nil || d.Target.OS.Name != "os" || d.Target.OS.Manifest != rel.Packages[1].Digest {
+		t.Fatalf("desired: %+v", d.Target)
+	}
+}

@@ -194,9 +194,9 @@ type PhaseProgress struct {
 	Applied    int    `json:"applied"`
 	Failed     int    `json:"failed"`
 	Skipped    int    `json:"skipped"`
-	Reverting  int    `json:"reverting,omitempty"`
-	Reverted   int    `json:"reverted,omitempty"`
-	RevertFail int    `json:"revert_failed,omitempty"`
+	Reverting  int    `json:"reverting"`
+	Reverted   int    `json:"reverted"`
+	RevertFail int    `json:"revert_failed"`
 }
 
 // Progress counts each phase's devices.

@@ -195,3 +195,77 @@ func TestAmounts(t *testing.T) {
 		}
 	}
 }
+
+func FuzzParseAmount(f *testing.F) {
+	for _, s := range []string{"10%", "0", "100%", "2.5%", "-1", "1e3%", "NaN%", "Inf", "99999999999999999999"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		a, err := store.ParseAmount(s)
+		if err != nil {
+			return
+		}
+		if n := a.Of(1000); n < 0 || n > 1000 {
+			t.Fatalf("%q of 1000 = %d", s, n)
+		}
+		if b, err := store.ParseAmount(a.String()); err != nil || b != a {
+			t.Fatalf("%q: %q does not parse back (%v)", s, a.String(), err)
+		}
+	})
+}
+
+// FuzzPlanCampaign plans campaigns over arbitrary device states and checks the
+// runner's invariants: it never assigns a device outside the started phases or
+// twice, and a second step on its own result changes nothing.
+func FuzzPlanCampaign(f *testing.F) {
+	f.Add([]byte{0, 1, 2, 3, 4, 5, 6, 7}, uint8(1), uint8(0))
+	f.Add([]byte{5, 5, 5, 0, 0, 0}, uint8(0), uint8(2))
+	states := []string{store.DevWaiting, store.DevPending, store.DevAccepted, store.DevApplying, store.DevApplied, store.DevRolledBack,
+		store.DevRejected, store.DevTimedOut, store.DevSkipped, store.DevSuperseded}
+	f.Fuzz(func(t *testing.T, raw []byte, phase, maxFail uint8) {
+		if len(raw) == 0 || len(raw) > 200 {
+			return
+		}
+		spec := store.CampaignSpec{Phases: amounts(t, "10%", "50%", "100%"), Success: amounts(t, "80%")[0],
+			MaxFailures: store.Amount{Value: float64(maxFail % 4)}, PhaseTimeout: store.Duration(time.Hour)}
+		c := store.Campaign{ID: "c", State: store.CampaignRunning, Spec: spec, Phase: int(phase % 3), PhaseStarted: t0}
+		var devs []store.CampaignDevice
+		for i, b := range raw {
+			p := store.PhaseOf(spec, i, len(raw))
+			st := states[int(b)%len(states)]
+			if p > c.Phase {
+				st = store.DevWaiting
+			}
+			devs = append(devs, store.CampaignDevice{DeviceID: fmt.Sprint(i), Phase: p, State: st, Active: b < 250})
+		}
+		now := t0.Add(time.Duration(raw[0]) * time.Minute)
+		pl := store.PlanCampaign(c, devs, now)
+		seen := map[string]bool{}
+		for _, id := range pl.Assign {
+			var d store.CampaignDevice
+			for _, x := range devs {
+				if x.DeviceID == id {
+					d = x
+				}
+			}
+			if seen[id] || d.State != store.DevWaiting || d.Phase > pl.Campaign.Phase || d.Phase < 0 {
+				t.Fatalf("assigned %s (%+v) at phase %d", id, d, pl.Campaign.Phase)
+			}
+			seen[id] = true
+		}
+		after := slices.Clone(devs)
+		for i := range after {
+			switch {
+			case slices.Contains(pl.Assign, after[i].DeviceID):
+				after[i].State = store.DevPending
+			case slices.Contains(pl.TimedOut, after[i].DeviceID):
+				after[i].State = store.DevTimedOut
+			case slices.Contains(pl.Skip, after[i].DeviceID):
+				after[i].State = store.DevSkipped
+			}
+		}
+		if again := store.PlanCampaign(pl.Campaign, after, now); again.Changed(pl.Campaign) {
+			t.Fatalf("not idempotent: %+v then %+v", pl.Campaign, again)
+		}
+	})
+}

@@ -237,17 +237,24 @@ func TestDesiredVersionsAreNeverReusedAndReportsAreDeduplicated(t *testing.T) {
 		if len(pubs) != 1 || pubs[0].Version != 3 {
 			t.Fatalf("unpublished: %+v", pubs)
 		}
-		s.MarkPublished(ctx, d.ID, 2) // an older version: no effect
+		s.MarkPublished(ctx, store.Publication{DeviceID: d.ID, Version: 2}) // an older version: no effect
 		if pubs, _ := s.Unpublished(ctx, false, "", 10); len(pubs) != 1 {
 			t.Fatal("marked by an older version")
 		}
-		s.MarkPublished(ctx, d.ID, 3)
+		s.MarkPublished(ctx, store.Publication{DeviceID: d.ID, Version: 3})
 		if pubs, _ := s.Unpublished(ctx, false, "", 10); len(pubs) != 0 {
 			t.Fatal("still unpublished")
 		}
 		if all, _ := s.Unpublished(ctx, true, "", 10); len(all) != 1 {
 			t.Fatal("all documents")
 		}
+		if err := s.MarkAllUnpublished(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if pubs, _ := s.Unpublished(ctx, false, "", 10); len(pubs) != 1 {
+			t.Fatal("not unpublished again")
+		}
+		s.MarkPublished(ctx, pubs[0])
 		// Renewal: next version, same target and status.
 		renewed, err := s.RenewDesired(ctx, t0.Add(2*time.Hour), t0.Add(50*time.Minute), time.Hour, sg.Sign, 10)
 		if err != nil || len(renewed) != 1 || renewed[0].Version != 4 {

@@ -281,9 +281,27 @@ func (s *Store) Unpublished(ctx context.Context, all bool, after string, limit i
 	return out, rows.Err()
 }
 
-// MarkPublished records that the broker took version of a device's document.
-func (s *Store) MarkPublished(ctx context.Context, device string, version uint64) error {
-	_, err := s.db.ExecContext(ctx, s.q(`UPDATE desired SET published = 1 WHERE device_id = ? AND version = ?`), device, int64(version))
+// MarkPublished records, in one transaction, that the broker took these
+// documents; a device whose document changed since keeps its newer one unpublished.
+func (s *Store) MarkPublished(ctx context.Context, pubs ...Publication) error {
+	if len(pubs) == 0 {
+		return nil
+	}
+	return s.tx(ctx, func(tx *sql.Tx) (bool, error) {
+		for _, p := range pubs {
+			if _, err := tx.ExecContext(ctx, s.q(`UPDATE desired SET published = 1 WHERE device_id = ? AND version = ?`),
+				p.DeviceID, int64(p.Version)); err != nil {
+				return false, err
+			}
+		}
+		return false, nil
+	})
+}
+
+// MarkAllUnpublished marks every document to be published again (a broker that
+// may have lost its retained messages).
+func (s *Store) MarkAllUnpublished(ctx context.Context) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE desired SET published = 0 WHERE version > 0 AND published = 1`)
 	return err
 }
 

@@ -3,8 +3,8 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
-	"strings"
 	"time"
 )
 
@@ -141,7 +141,7 @@ func (s *Store) CreateRelease(ctx context.Context, r Release) (Release, error) {
 			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO release_packages (release_id, account_id, package, position) VALUES (?, ?, ?, ?)`),
 				r.ID, r.AccountID, p.Digest, i); err != nil {
 				if isUniqueViolation(err) {
-					return false, fmt.Errorf("package %s twice in release %q: %w", p.Digest, r.Name, ErrExists)
+					return false, fmt.Errorf("%w: package %s twice", ErrBadRelease, p.Digest)
 				}
 				return false, err
 			}
@@ -161,7 +161,7 @@ func (s *Store) CreateRelease(ctx context.Context, r Release) (Release, error) {
 
 // ErrBadRelease reports a release that cannot be assigned as a whole: two packages
 // of one app, or two OS images.
-var ErrBadRelease = fmt.Errorf("invalid release")
+var ErrBadRelease = errors.New("invalid release")
 
 func checkReleasePackages(r Release) error {
 	if len(r.Packages) == 0 {
@@ -260,9 +260,4 @@ func (s *Store) forUpdate() string {
 		return " FOR UPDATE"
 	}
 	return ""
-}
-
-// placeholders returns "?, ?, ..." for n arguments.
-func placeholders(n int) string {
-	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
 }
