@@ -48,6 +48,8 @@ func run() error {
 	flag.StringVar(&osConfig, "os-config", "", "OS update configuration (slots, bootloader); OS updates are off without it")
 	var lanAddr string
 	flag.StringVar(&lanAddr, "lan", ":7443", "LAN API address, served only in developer mode (mutual TLS)")
+	var shipBytes int64
+	flag.Int64Var(&shipBytes, "log-buffer", shipBufferBytes, "bytes of logs kept for the server while it is out of reach (the oldest are dropped, and counted, beyond)")
 	var crashAt string
 	flag.StringVar(&crashAt, "debug-crash-at", "", "FOR TESTS: kill ternd (SIGKILL) right after an update persists this state")
 	lf := registerLinkFlags()
@@ -62,7 +64,7 @@ func run() error {
 	var ship *logship.Buffer
 	if lf.managed(cfg.DataDir) {
 		var err error
-		if ship, err = logship.Open(filepath.Join(cfg.DataDir, "logship"), shipBufferBytes); err != nil {
+		if ship, err = logship.Open(filepath.Join(cfg.DataDir, "logship"), shipBytes); err != nil {
 			return err
 		}
 		defer ship.Close()

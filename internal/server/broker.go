@@ -109,6 +109,8 @@ func (s *Server) deviceMessage(ctx context.Context, id, remote, kind string, pay
 		}
 	case link.TopicEvents:
 		return s.deviceEvent(ctx, id, payload)
+	case link.TopicLogs:
+		return s.deviceLogs(ctx, id, payload)
 	default:
 		s.log.Debug("device message ignored", "device", id, "kind", kind)
 	}

@@ -174,3 +174,39 @@ func FetchCAFingerprint(ctx context.Context, addr string) (string, error) {
 	sum := sha256.Sum256(certs[len(certs)-1].Raw)
 	return hex.EncodeToString(sum[:]), nil
 }
+
+// Lines GETs path, which answers JSON lines (a device's logs), and hands each line
+// to fn as it arrives, until the answer ends, ctx ends or fn returns an error.
+func (c *Client) Lines(ctx context.Context, path string, fn func(json.RawMessage) error) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.URL+path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Key)
+	res, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	defer res.Body.Close()
+	if res.StatusCode >= 400 {
+		p := &Problem{Status: res.StatusCode, Title: http.StatusText(res.StatusCode)}
+		json.NewDecoder(io.LimitReader(res.Body, 1<<20)).Decode(p)
+		return p
+	}
+	dec := json.NewDecoder(res.Body)
+	for {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			if err == io.EOF || ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if err := fn(raw); err != nil {
+			return err
+		}
+	}
+}

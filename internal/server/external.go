@@ -100,7 +100,7 @@ func (b *externalBroker) Start(ctx context.Context) error {
 	tlsCfg := &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: roots, MinVersion: tls.VersionTLS12,
 		ServerName: b.u.Hostname()}
 	filters := []string{link.TopicPrefix + "+/" + link.TopicStatus, link.TopicPrefix + "+/" + link.TopicReported,
-		link.TopicPrefix + "+/" + link.TopicEvents}
+		link.TopicPrefix + "+/" + link.TopicEvents, link.TopicPrefix + "+/" + link.TopicLogs}
 	b.cm, err = autopaho.NewConnection(ctx, autopaho.ClientConfig{
 		ServerUrls:                    []*url.URL{b.u},
 		TlsCfg:                        tlsCfg,

@@ -83,6 +83,8 @@ func routes() []route {
 			Request: desiredReq{}, Response: store.DesiredState{}, handle: (*Server).putDesired},
 		{Method: "GET", Path: "/api/v1/devices/{id}/events", Role: v, Summary: "A device's latest events (?limit=), newest first",
 			Response: []store.DeviceEvent{}, handle: (*Server).getDeviceEvents},
+		{Method: "GET", Path: "/api/v1/devices/{id}/logs", Role: v, Summary: "A device's logs as JSON lines (?app=, ?since=RFC3339 or a duration, ?after=ID, ?follow=1 streams new lines)",
+			Response: []store.LogLine{}, handle: (*Server).getDeviceLogs},
 
 		{Method: "GET", Path: "/api/v1/campaigns", Role: v, Summary: "List campaigns with their progress", Response: []CampaignView{}, handle: (*Server).listCampaigns},
 		{Method: "POST", Path: "/api/v1/campaigns", Role: o, Summary: "Start a campaign: a release to a group or selector, in phases",

@@ -66,6 +66,10 @@ type Config struct {
 	CampaignTick time.Duration
 	// MaxUpload bounds one release or package upload. Default 4 GiB.
 	MaxUpload int64
+	// LogRetention is how long device log lines are kept (default 7 days), and
+	// LogMaxLines how many of its newest lines each device keeps (default 100,000).
+	LogRetention time.Duration
+	LogMaxLines  int
 	// Out receives the first-start admin key (default os.Stdout).
 	Out    io.Writer
 	Logger *slog.Logger
@@ -124,6 +128,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if cfg.DesiredTTL == 0 {
 		cfg.DesiredTTL = 7 * 24 * time.Hour
+	}
+	if cfg.LogRetention == 0 {
+		cfg.LogRetention = 7 * 24 * time.Hour
+	}
+	if cfg.LogMaxLines == 0 {
+		cfg.LogMaxLines = 100_000
 	}
 	if cfg.CampaignTick == 0 {
 		cfg.CampaignTick = 2 * time.Second
@@ -205,6 +215,8 @@ func (s *Server) start(ctx context.Context) error {
 	go func() { defer s.wg.Done(); s.hooks.run(bctx) }()
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.runner.run(bctx) }()
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.pruneLogs(bctx) }()
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

@@ -237,6 +237,21 @@ CREATE TABLE campaign_devices (
 );
 CREATE INDEX campaign_devices_device ON campaign_devices(device_id);
 `,
+	`
+CREATE TABLE device_logs (
+	id        {{serial}},
+	device_id TEXT NOT NULL REFERENCES devices(id),
+	at        BIGINT NOT NULL,
+	app       TEXT NOT NULL,
+	version   TEXT NOT NULL,
+	stream    TEXT NOT NULL,
+	level     TEXT NOT NULL,
+	line      TEXT NOT NULL,
+	received  BIGINT NOT NULL
+);
+CREATE INDEX device_logs_device ON device_logs(device_id, id);
+CREATE INDEX device_logs_received ON device_logs(received);
+`,
 }
 
 // migrate applies the migrations not yet applied. On PostgreSQL an advisory lock
