@@ -74,10 +74,33 @@ func fleetDevicesCmd() *cobra.Command {
 					Apps         []struct {
 						Name, Version, State, Health string
 					} `json:"apps"`
+					Update struct {
+						Desired uint64 `json:"desired_version"`
+						OS      *struct {
+							Version string `json:"version"`
+							Booted  string `json:"booted_slot"`
+							Update  string `json:"update"`
+						} `json:"os"`
+						DevMode *struct {
+							Enabled  bool `json:"enabled"`
+							Pairings int  `json:"pairings"`
+						} `json:"devmode"`
+					} `json:"update"`
 				}
 				if len(d.Reported) > 0 {
 					json.Unmarshal(d.Reported, &rep)
 					fmt.Fprintf(tw, "Agent:\t%s on %s (%s), reported %s\n", rep.AgentVersion, rep.OS, rep.Arch, ago(d.ReportedAt))
+					if o := rep.Update.OS; o != nil {
+						fmt.Fprintf(tw, "OS:\t%s on slot %s %s\n", orDash(o.Version), o.Booted, o.Update)
+					}
+					if dm := rep.Update.DevMode; dm != nil && dm.Enabled {
+						fmt.Fprintf(tw, "Developer mode:\tON (%d paired workstation(s))\n", dm.Pairings)
+					} else if dm != nil {
+						fmt.Fprintf(tw, "Developer mode:\toff\n")
+					}
+					if rep.Update.Desired > 0 {
+						fmt.Fprintf(tw, "Desired state:\tversion %d\n", rep.Update.Desired)
+					}
 					fmt.Fprintf(tw, "Apps:\t%d\n", len(rep.Apps))
 					for _, a := range rep.Apps {
 						fmt.Fprintf(tw, "  %s\t%s  %s %s\n", a.Name, a.Version, a.State, a.Health)
