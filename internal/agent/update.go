@@ -93,6 +93,7 @@ func (a *Agent) installFresh(ctx context.Context, pm *app.PackageManifest) ([]Ap
 	if err := a.store.Put(rec); err != nil {
 		return nil, err
 	}
+	a.log.Info("installed", "app", rec.Name(), "version", rec.Version())
 	a.event(Event{Kind: "install", App: rec.Name(), Version: rec.Version()})
 	waitStarted(ctx, a.supervise(rec, false))
 	return a.statusOf([]*app.PackageManifest{pm}), nil
