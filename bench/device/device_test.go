@@ -1,7 +1,16 @@
 // Package device measures ternd as a device runs it: app start latency through the
-// agent, footprint with apps running, and what an update costs (time to commit and
-// the service gap during the swap). Run: go test -run='^$' -bench=. ./bench/device/
-// (as root, with runc). Results are recorded in docs/BENCHMARKS.md.
+// agent and beside runc, containerd (ctr), podman and a plain process (the harness
+// of bench/peers); the per-app monitor's memory beside conmon's and
+// containerd-shim's; ternd's footprint and binary size; install throughput against
+// a plain copy; disk used by shared layers; bytes an update downloads; what an
+// update costs (time to commit, the service gap); and an OS image install.
+//
+// Run as root: scripts/bench.sh (make bench) runs them in groups and prints a
+// table; one benchmark alone, e.g.
+//
+//	go test -v -run='^$' -bench='Peers/StartToAnswer' -benchtime=30x ./bench/device/
+//
+// Results are recorded in docs/BENCHMARKS.md.
 package device
 
 import (
@@ -16,12 +25,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/tern-iot/tern/bench/peers"
 	"github.com/tern-iot/tern/internal/agent"
 	"github.com/tern-iot/tern/internal/app"
 	"github.com/tern-iot/tern/internal/trust"
@@ -33,7 +42,9 @@ var (
 	berr error
 )
 
-// build compiles ternd, tern, tern-monitor and hello, stripped, once.
+// build compiles ternd, tern-monitor and hello, stripped, once. It builds only
+// what a device runs: the tern CLI (cmd/tern, which links the server) is not
+// needed, so a change in progress there never blocks the device benchmarks.
 func build(b *testing.B) string {
 	b.Helper()
 	if os.Geteuid() != 0 {
@@ -41,8 +52,8 @@ func build(b *testing.B) string {
 	}
 	once.Do(func() {
 		bins, berr = os.MkdirTemp("", "tern-bench-bin-")
-		for _, p := range [][2]string{{"ternd", "./cmd/ternd"}, {"tern", "./cmd/tern"}, {"tern-monitor", "./cmd/tern-monitor"}, {"hello", "./examples/hello"}} {
-			cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(bins, p[0]), p[1])
+		for _, p := range [][2]string{{"ternd", "./cmd/ternd"}, {"tern-monitor", "./cmd/tern-monitor"}, {"hello", "./examples/hello"}} {
+			cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w -X main.version=1.0.0", "-o", filepath.Join(bins, p[0]), p[1])
 			cmd.Dir = "../.."
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 			if out, err := cmd.CombinedOutput(); err != nil {
@@ -225,106 +236,69 @@ func median(ds []time.Duration) time.Duration {
 	return ds[len(ds)/2]
 }
 
-// BenchmarkFootprint runs the real ternd binary with 0 and 3 example apps, idle,
-// and reports ternd's RSS and CPU, the monitors' RSS, and the binaries' sizes.
+// BenchmarkFootprint runs the real ternd binary with 0, 3 and 10 example apps,
+// idle, and reports ternd's RSS and CPU, the monitors' RSS, and the binaries'
+// sizes (stripped, as built for a device).
 func BenchmarkFootprint(b *testing.B) {
 	bins := build(b)
 	for b.Loop() {
 	}
-	for _, name := range []string{"ternd", "tern-monitor", "tern"} {
+	for _, name := range []string{"ternd", "tern-monitor"} {
 		fi, _ := os.Stat(filepath.Join(bins, name))
 		b.ReportMetric(float64(fi.Size())/(1<<20), "MiB-"+name)
+		b.ReportMetric(float64(fi.Size())/1e6, "MB-"+name)
 	}
-	for _, apps := range []int{0, 3} {
-		rss, cpu, mon := idleTernd(b, bins, apps)
-		b.ReportMetric(rss, fmt.Sprintf("MiB-ternd-rss-%d-apps", apps))
+	for _, apps := range []int{0, 3, 10} {
+		mem, cpu, mon := idleTernd(b, bins, apps)
+		b.Logf("ternd with %2d apps: VmRSS %.1f MiB (anonymous %.1f, file %.1f), CPU %.1f%% of a core", apps,
+			mem.VmRSS/1024, mem.RssAnon/1024, mem.RssFile/1024, cpu)
+		b.ReportMetric(mem.VmRSS/1024, fmt.Sprintf("MiB-ternd-rss-%d-apps", apps))
+		b.ReportMetric(mem.RssAnon/1024, fmt.Sprintf("MiB-ternd-anon-%d-apps", apps))
 		b.ReportMetric(cpu, fmt.Sprintf("pct-ternd-cpu-%d-apps", apps))
 		if apps > 0 {
-			b.ReportMetric(mon, "MiB-monitor-rss")
+			b.ReportMetric(mon, fmt.Sprintf("MiB-monitor-rss-%d-apps", apps))
 		}
 	}
 }
 
-// idleTernd starts ternd with n apps, lets it idle 10 s, and measures.
-func idleTernd(b *testing.B, bins string, n int) (rssMiB, cpuPct, monitorMiB float64) {
-	dir := b.TempDir()
-	key, _ := trust.GenerateKey()
-	os.MkdirAll(filepath.Join(dir, "trust"), 0o755)
-	os.WriteFile(filepath.Join(dir, "trust", "k.pub"), trust.MarshalPublicKey(key.Public()), 0o644)
-	sock := filepath.Join(dir, "ternd.sock")
-	cmd := exec.Command(filepath.Join(bins, "ternd"), "--data", filepath.Join(dir, "data"), "--socket", sock,
-		"--trust", filepath.Join(dir, "trust"), "--runtime-root", filepath.Join(dir, "runc"), "--cgroup-parent", "/tern-bench")
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	c, _ := agent.NewClient("unix://" + sock)
+// idleTernd starts ternd with n apps (the example app, health checked over HTTP
+// every 5 s), lets it settle 2 s and idle 10 s, and measures ternd's memory at the
+// end, its CPU over those 10 s, and the monitors' mean RSS.
+func idleTernd(b *testing.B, bins string, n int) (mem peers.Mem, cpuPct, monitorMiB float64) {
+	t := startTernd(b, bins)
+	defer t.close()
+	root := filepath.Join(t.dir, "rootfs")
+	os.MkdirAll(root, 0o755)
+	copyFile(b, filepath.Join(bins, "hello"), filepath.Join(root, "hello"))
+	d := &device{key: t.key, root: root}
 	ctx := context.Background()
-	defer func() {
-		list, _ := c.List(ctx)
-		for _, s := range list {
-			c.Remove(ctx, s.Name)
-		}
-		cmd.Process.Kill()
-		cmd.Wait()
-	}()
-	for i := 0; ; i++ {
-		if _, err := c.List(ctx); err == nil {
-			break
-		}
-		if i > 200 {
-			b.Fatal("ternd did not start")
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	d := &device{key: key, root: filepath.Join(dir, "rootfs")}
-	os.MkdirAll(d.root, 0o755)
-	copyFile(b, filepath.Join(bins, "hello"), filepath.Join(d.root, "hello"))
 	var monitors []int
 	for i := range n {
 		name := fmt.Sprintf("app%d", i)
-		if _, err := c.Install(ctx, bytes.NewReader(d.pkg(b, helloYAML(name, "1.0.0", "health: {http: {port: 8080, path: /healthz}, interval: 5s}\n")))); err != nil {
+		if _, err := t.c.Install(ctx, bytes.NewReader(d.pkg(b, helloYAML(name, "1.0.0", "health: {http: {port: 8080, path: /healthz}, interval: 5s}\n")))); err != nil {
 			b.Fatal(err)
 		}
-		st, _ := c.Inspect(ctx, name)
+		st, _ := t.c.Inspect(ctx, name)
 		monitors = append(monitors, parentPid(st.Pid))
 	}
 	time.Sleep(2 * time.Second) // settle: GC, first health checks
-	t0 := cpuTicks(cmd.Process.Pid)
+	pid := t.cmd.Process.Pid
+	t0 := cpuTicks(pid)
 	time.Sleep(10 * time.Second)
-	t1 := cpuTicks(cmd.Process.Pid)
+	t1 := cpuTicks(pid)
 	cpuPct = float64(t1-t0) / 100 / 10 * 100 // ticks at 100 Hz over 10 s
-	rssMiB = rss(cmd.Process.Pid)
+	mem, _ = peers.ReadMem(pid)
 	for _, m := range monitors {
 		monitorMiB += rss(m) / float64(len(monitors))
 	}
-	return rssMiB, cpuPct, monitorMiB
+	return mem, cpuPct, monitorMiB
 }
 
 func rss(pid int) float64 {
-	data, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	for _, l := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
-			kb, _ := strconv.Atoi(strings.Fields(l)[1])
-			return float64(kb) / 1024
-		}
-	}
-	return 0
+	m, _ := peers.ReadMem(pid)
+	return m.VmRSS / 1024
 }
 
-func cpuTicks(pid int) int {
-	data, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	s := string(data)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	u, _ := strconv.Atoi(f[11])
-	st, _ := strconv.Atoi(f[12])
-	return u + st
-}
+func cpuTicks(pid int) int { return peers.CPUTicks(pid) }
 
-func parentPid(pid int) int {
-	data, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	s := string(data)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	p, _ := strconv.Atoi(f[1])
-	return p
-}
-
+func parentPid(pid int) int { return peers.ParentPid(pid) }

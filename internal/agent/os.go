@@ -295,7 +295,7 @@ func (w *slotWriter) WriteBlob(d app.Descriptor, r io.Reader) error {
 	}
 	defer zr.Close()
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(zr, w.want.Size+1))
+	n, err := io.Copy(io.MultiWriter(&syncEvery{f: f, every: 16 << 20}, h), io.LimitReader(zr, w.want.Size+1))
 	if err != nil {
 		// A payload that does not decompress: if its bytes are not the signed ones,
 		// the reader says so; else the signed payload itself is bad.
@@ -481,4 +481,23 @@ func (x osActions) Discard(ctx context.Context, t *update.Txn) error {
 	}
 	st.Slots[c.Slot] = ""
 	return x.a.store.SaveOS(st)
+}
+
+// syncEvery writes to f and flushes it to disk every so many bytes, so the kernel
+// writes the slot back while the image streams in rather than all at the end (on a
+// device with much memory, that final flush alone took longer than the rest).
+type syncEvery struct {
+	f       *os.File
+	every   int64
+	pending int64
+}
+
+func (s *syncEvery) Write(p []byte) (int, error) {
+	n, err := s.f.Write(p)
+	s.pending += int64(n)
+	if err == nil && s.pending >= s.every {
+		s.pending = 0
+		err = s.f.Sync()
+	}
+	return n, err
 }
