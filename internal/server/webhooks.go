@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -264,5 +263,3 @@ func (s *Server) listDeliveries(w http.ResponseWriter, r *http.Request, c *calle
 	}
 	return writeJSON(w, 200, ds)
 }
-
-var _ = errors.New
