@@ -33,7 +33,7 @@ test: setup
 	@bash scripts/test.sh
 
 fuzz:
-	@FUZZTIME=60s bash scripts/fuzz.sh
+	@FUZZEXECS=2000000x bash scripts/fuzz.sh
 
 # bench runs the quick set of device benchmarks (ternd beside runc, ctr, podman and
 # a plain process; footprint, install, layers) and prints a table; it installs the
