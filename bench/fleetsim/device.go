@@ -18,8 +18,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -51,7 +53,29 @@ type Config struct {
 	// ReportEvery is how often the device republishes reported state and sends
 	// pending events; default 200ms.
 	ReportEvery time.Duration
-	Logger      *slog.Logger
+	// KeepAlive is the MQTT keepalive in seconds: the broker hears from an idle
+	// device (PINGREQ) this often; default 5 (ternd's is 30).
+	KeepAlive uint16
+	// Heartbeat, if set, changes the device's reported state this often (a
+	// counter in "update"), the first time at a random point within one period:
+	// the periodic report of a device whose state moves.
+	Heartbeat time.Duration
+	// DownloadTime, if set, is added to each download (uniformly between half and
+	// one and a half of it), as a slow link would take.
+	DownloadTime time.Duration
+	// InMemory verifies blobs as they stream in and keeps only their digests: a
+	// fleet of thousands of devices writes nothing per download.
+	InMemory bool
+	// CloseIdle closes the device's idle HTTPS connections once its downloads are
+	// done, instead of leaving them to the server's idle timeout (as ternd does).
+	CloseIdle bool
+	// OnEvent, if set, is called with each event as the device queues it (its
+	// Time is when the device decided it).
+	OnEvent func(link.EventMessage)
+	// OnReport, if set, is called when a reported state with a new heartbeat
+	// count is handed to the link to publish, with the count and the time.
+	OnReport func(beat uint64, at time.Time)
+	Logger   *slog.Logger
 }
 
 // Errors a simulated device reports.
@@ -75,6 +99,9 @@ type Device struct {
 	ready  chan struct{}
 	docs   chan []byte
 	online atomic.Bool
+	beat   uint64              // heartbeat count in the reported state
+	told   uint64              // the last count passed to OnReport
+	have   map[string]struct{} // blobs verified, with InMemory
 
 	// Downloaded counts bytes fetched from the server (manifests and blobs).
 	Downloaded atomic.Int64
@@ -94,10 +121,13 @@ func New(ctx context.Context, cfg Config) (*Device, error) {
 	if cfg.ReportEvery == 0 {
 		cfg.ReportEvery = 200 * time.Millisecond
 	}
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = 5
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	idDir := filepath.Join(cfg.Dir, "identity")
+	idDir := IdentityDir(cfg.Dir)
 	id, err := link.LoadIdentity(idDir)
 	if errors.Is(err, link.ErrNotEnrolled) {
 		id, err = link.Enroll(ctx, cfg.ServerURL, cfg.Token, idDir, cfg.Logger)
@@ -106,7 +136,7 @@ func New(ctx context.Context, cfg Config) (*Device, error) {
 		return nil, err
 	}
 	d := &Device{cfg: cfg, log: cfg.Logger.With("device", id.DeviceID), id: id, ready: make(chan struct{}, 1), docs: make(chan []byte, 1),
-		st: state{Running: map[string]link.DesiredPackage{}, Previous: map[string]link.DesiredPackage{}}}
+		st: state{Running: map[string]link.DesiredPackage{}, Previous: map[string]link.DesiredPackage{}}, have: map[string]struct{}{}}
 	if d.director, err = trust.LoadPublicKey(filepath.Join(id.TrustDir(), "director.pub")); err != nil {
 		return nil, err
 	}
@@ -130,6 +160,10 @@ func New(ctx context.Context, cfg Config) (*Device, error) {
 	}
 	return d, nil
 }
+
+// IdentityDir is where a device with state in dir keeps its identity (Provision
+// writes it there).
+func IdentityDir(dir string) string { return filepath.Join(dir, "identity") }
 
 // ID is the device id.
 func (d *Device) ID() string { return d.id.DeviceID }
@@ -165,6 +199,14 @@ func (d *Device) LastVersion() uint64 {
 	return d.st.LastVersion
 }
 
+// Beat changes the device's reported state (its heartbeat count); the link
+// publishes it at its next report tick.
+func (d *Device) Beat() {
+	d.mu.Lock()
+	d.beat++
+	d.mu.Unlock()
+}
+
 // Run connects to the server and applies desired state until ctx ends: the
 // device is online while it runs, and keeps its state when it stops.
 func (d *Device) Run(ctx context.Context) error {
@@ -172,7 +214,10 @@ func (d *Device) Run(ctx context.Context) error {
 	defer d.online.Store(false)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	c := link.NewClient(link.ClientConfig{Identity: d.id, Report: d.report, ReportEvery: d.cfg.ReportEvery, KeepAlive: 5, Logger: d.log,
+	if d.cfg.Heartbeat > 0 {
+		go d.heartbeat(ctx)
+	}
+	c := link.NewClient(link.ClientConfig{Identity: d.id, Report: d.report, ReportEvery: d.cfg.ReportEvery, KeepAlive: d.cfg.KeepAlive, Logger: d.log,
 		OnDesired: func(payload []byte) {
 			select { // keep only the newest document waiting
 			case <-d.docs:
@@ -195,9 +240,34 @@ func (d *Device) Run(ctx context.Context) error {
 	}
 }
 
+// heartbeat beats every Config.Heartbeat, the first time at a random point of
+// the first period, so that a fleet's beats spread evenly.
+func (d *Device) heartbeat(ctx context.Context) {
+	first := time.Duration(mrand.Int64N(int64(d.cfg.Heartbeat)))
+	t := time.NewTimer(first)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			d.Beat()
+			t.Reset(d.cfg.Heartbeat)
+		}
+	}
+}
+
 func (d *Device) report(context.Context) (link.Reported, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	var update json.RawMessage
+	if d.beat > 0 {
+		update = json.RawMessage(fmt.Sprintf(`{"beat":%d}`, d.beat))
+		if d.beat != d.told && d.cfg.OnReport != nil {
+			d.cfg.OnReport(d.beat, time.Now())
+		}
+		d.told = d.beat
+	}
 	type appState struct {
 		Name    string `json:"name"`
 		Version string `json:"version"`
@@ -208,7 +278,7 @@ func (d *Device) report(context.Context) (link.Reported, error) {
 		apps = append(apps, appState{Name: p.Name, Version: p.Version, State: "running"})
 	}
 	raw, _ := json.Marshal(apps)
-	return link.Reported{AgentVersion: "fleetsim", OS: "simulated", Arch: runtime.GOARCH, Apps: raw}, nil
+	return link.Reported{AgentVersion: "fleetsim", OS: "simulated", Arch: runtime.GOARCH, Apps: raw, Update: update}, nil
 }
 
 // pendingEvents is link.ClientConfig.Events: the events after since.
@@ -235,7 +305,11 @@ func (d *Device) event(doc *link.Desired, version uint64, state, msg string) {
 	}
 	d.events = append(d.events, e)
 	err := d.saveLocked()
+	onEvent := d.cfg.OnEvent
 	d.mu.Unlock()
+	if onEvent != nil {
+		onEvent(e)
+	}
 	if err != nil {
 		d.log.Warn("save state", "err", err)
 	}
@@ -265,6 +339,7 @@ func (d *Device) apply(ctx context.Context, envelope []byte) {
 	d.st.LastVersion = doc.Version
 	d.mu.Unlock()
 	d.event(doc, doc.Version, link.DesiredAccepted, "")
+	fetched := false
 	for _, p := range doc.Apps {
 		d.mu.Lock()
 		cur, prev := d.st.Running[p.Name], d.st.Previous[p.Name]
@@ -278,6 +353,18 @@ func (d *Device) apply(ctx context.Context, envelope []byte) {
 			}
 			d.event(doc, doc.Version, link.DesiredRejected, fmt.Sprintf("%s %s: %v", p.Name, p.Version, err))
 			return
+		}
+		fetched = true
+	}
+	if d.cfg.CloseIdle {
+		d.http.CloseIdleConnections()
+	}
+	if fetched && d.cfg.DownloadTime > 0 {
+		wait := d.cfg.DownloadTime/2 + time.Duration(mrand.Int64N(int64(d.cfg.DownloadTime)+1))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
 		}
 	}
 	d.event(doc, doc.Version, link.DesiredApplying, "")
@@ -375,6 +462,9 @@ func (d *Device) get(ctx context.Context, path string, max int64) ([]byte, error
 // resuming a partial download with Range requests, and checks its digest and
 // size before it keeps it.
 func (d *Device) fetchBlob(ctx context.Context, b app.Descriptor) error {
+	if d.cfg.InMemory {
+		return d.verifyBlob(ctx, b)
+	}
 	final := filepath.Join(d.cfg.Dir, "blobs", "sha256", b.Hex())
 	if _, err := os.Stat(final); err == nil {
 		return nil
@@ -418,8 +508,44 @@ func (d *Device) fetchBlob(ctx context.Context, b app.Descriptor) error {
 	return os.Rename(partial, final)
 }
 
+// verifyBlob downloads a blob (in ranges of Chunk, if set) through its digest,
+// keeping nothing but the fact that it verified.
+func (d *Device) verifyBlob(ctx context.Context, b app.Descriptor) error {
+	d.mu.Lock()
+	_, ok := d.have[b.Digest]
+	d.mu.Unlock()
+	if ok {
+		return nil
+	}
+	h := &counter{h: sha256.New()}
+	for h.n < b.Size {
+		if err := d.fetchRange(ctx, b, h, h.n); err != nil {
+			return err
+		}
+	}
+	if h.n != b.Size || "sha256:"+hex.EncodeToString(h.h.Sum(nil)) != b.Digest {
+		return fmt.Errorf("%w: %s", ErrBlob, b.Digest)
+	}
+	d.mu.Lock()
+	d.have[b.Digest] = struct{}{}
+	d.mu.Unlock()
+	return nil
+}
+
+// counter hashes what is written and counts it.
+type counter struct {
+	h hash.Hash
+	n int64
+}
+
+func (c *counter) Write(p []byte) (int, error) {
+	c.h.Write(p)
+	c.n += int64(len(p))
+	return len(p), nil
+}
+
 // fetchRange appends the bytes from off (to off+Chunk, or the end) to f.
-func (d *Device) fetchRange(ctx context.Context, b app.Descriptor, f *os.File, off int64) error {
+func (d *Device) fetchRange(ctx context.Context, b app.Descriptor, f io.Writer, off int64) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(d.id.ServerURL, "/")+"/api/v1/device/blobs/"+b.Digest, nil)
 	if err != nil {
 		return err

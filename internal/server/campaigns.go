@@ -27,6 +27,9 @@ type runner struct {
 	next      time.Time // earliest time a plan asked to be woken
 }
 
+// kickEvery is the shortest time between two steps of kicked campaigns.
+const kickEvery = 250 * time.Millisecond
+
 func newRunner(s *Server) *runner {
 	r := &runner{s: s, kicked: map[string]bool{}, wake: make(chan struct{}, 1), republish: make(chan struct{}, 1)}
 	r.requestRepublish() // at start: the embedded broker keeps retained messages in memory only
@@ -58,6 +61,7 @@ func (r *runner) run(ctx context.Context) {
 	tick := time.NewTicker(r.s.cfg.CampaignTick)
 	defer tick.Stop()
 	r.stepRunning(ctx)
+	var lastKick time.Time
 	for n := 1; ; n++ {
 		var timer <-chan time.Time
 		r.mu.Lock()
@@ -73,6 +77,19 @@ func (r *runner) run(ctx context.Context) {
 				r.s.log.Warn("publish desired states", "err", err)
 			}
 		case <-r.wake:
+			// Reports kick their campaign; a step reads all of the campaign's
+			// devices, so stepping once per report costs O(devices) per report:
+			// at 10,000 devices reporting at once that kept the write lock busy
+			// and the CPU saturated. Kicks that arrive meanwhile are stepped
+			// together, at most every kickEvery.
+			if wait := kickEvery - time.Since(lastKick); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+			}
+			lastKick = time.Now()
 			r.mu.Lock()
 			ids := make([]string, 0, len(r.kicked))
 			for id := range r.kicked {

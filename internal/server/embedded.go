@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -21,10 +22,11 @@ import (
 
 // embeddedBroker runs mochi-mqtt in the server process over mutual TLS.
 type embeddedBroker struct {
-	s   *Server
-	mq  *mqtt.Server
-	ln  *tlsListener
-	cas clientCAs
+	s     *Server
+	mq    *mqtt.Server
+	ln    *tlsListener
+	cas   clientCAs
+	admit *admission
 }
 
 func newEmbeddedBroker(s *Server) (*embeddedBroker, error) {
@@ -66,7 +68,8 @@ func (b *embeddedBroker) Start(ctx context.Context) error {
 			}, nil
 		},
 	}
-	b.ln = &tlsListener{id: "tern-mqtts", addr: b.s.cfg.MQTTAddr, cfg: tlsCfg, timeout: b.s.cfg.HandshakeTimeout, log: b.s.log}
+	b.admit = newAdmission(maxConnecting(), 2*b.s.cfg.HandshakeTimeout)
+	b.ln = &tlsListener{id: "tern-mqtts", addr: b.s.cfg.MQTTAddr, cfg: tlsCfg, timeout: b.s.cfg.HandshakeTimeout, log: b.s.log, admit: b.admit}
 	if err := b.mq.AddListener(b.ln); err != nil {
 		return err
 	}
@@ -111,7 +114,7 @@ type deviceHook struct {
 func (h *deviceHook) ID() string { return "tern-devices" }
 
 func (h *deviceHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnWillSent}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnWillSent, mqtt.OnDisconnect}, []byte{b})
 }
 
 // OnConnectAuthenticate admits a client whose verified certificate is a device's
@@ -130,10 +133,18 @@ func (h *deviceHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) b
 	defer cancel()
 	id, err := h.b.s.authorizeDevice(ctx, st.PeerCertificates[0])
 	if err != nil || cl.ID != id {
+		h.b.admit.done(cl.Net.Remote)
 		h.b.s.log.Warn("mqtt connection refused", "remote", cl.Net.Remote, "cn", st.PeerCertificates[0].Subject.CommonName, "client_id", cl.ID, "err", err)
 		return false
 	}
 	return true
+}
+
+// OnDisconnect ends a connection's admission if it had not ended yet.
+func (h *deviceHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	if !cl.Net.Inline {
+		h.b.admit.done(cl.Net.Remote)
+	}
 }
 
 // OnACLCheck confines a device to topics (and filters) under tern/v1/d/{its id}/.
@@ -156,6 +167,9 @@ func (h *deviceHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	if kind == link.TopicStatus {
+		defer h.b.admit.done(cl.Net.Remote) // the device is connected and said so: admit the next
+	}
 	if err := h.b.s.deviceMessage(ctx, id, cl.Net.Remote, kind, pk.Payload); err != nil {
 		h.b.s.log.Warn("device message refused", "device", id, "kind", kind, "err", err)
 		return pk, packets.ErrUnspecifiedError
@@ -185,6 +199,7 @@ type tlsListener struct {
 	cfg      *tls.Config
 	timeout  time.Duration
 	log      *slog.Logger
+	admit    *admission
 
 	mu     sync.Mutex
 	ln     net.Listener
@@ -205,15 +220,29 @@ func (l *tlsListener) Init(*slog.Logger) error {
 }
 
 func (l *tlsListener) Serve(establish listeners.EstablishFn) {
+	var delay time.Duration
 	for {
+		l.admit.wait()
 		conn, err := l.ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			l.admit.release()
+			l.mu.Lock()
+			closed := l.closed
+			l.mu.Unlock()
+			if closed || errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			// Out of descriptors (EMFILE), or a connection aborted before it was
+			// accepted: wait and accept again, as net/http does. Returning would
+			// stop the broker from taking any connection, for good.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			l.log.Warn("mqtt accept failed; retrying", "err", err, "in", delay)
+			time.Sleep(delay)
+			continue
 		}
+		delay = 0
+		remote := conn.RemoteAddr().String()
+		l.admit.admitted(remote)
 		go func() {
 			conn.SetDeadline(time.Now().Add(l.timeout))
 			tc := tls.Server(conn, l.cfg)
@@ -221,13 +250,15 @@ func (l *tlsListener) Serve(establish listeners.EstablishFn) {
 			err := tc.HandshakeContext(ctx)
 			cancel()
 			if err != nil {
-				l.log.Debug("mqtt tls handshake failed", "remote", conn.RemoteAddr().String(), "err", err)
+				l.admit.done(remote)
+				l.log.Debug("mqtt tls handshake failed", "remote", remote, "err", err)
 				conn.Close()
 				return
 			}
 			if err := establish(l.id, tc); err != nil {
-				l.log.Debug("mqtt connection ended", "remote", conn.RemoteAddr().String(), "err", err)
+				l.log.Debug("mqtt connection ended", "remote", remote, "err", err)
 			}
+			l.admit.done(remote)
 		}()
 	}
 }
@@ -242,4 +273,73 @@ func (l *tlsListener) Close(closeClients listeners.CloseFn) {
 	if l.ln != nil {
 		l.ln.Close()
 	}
+}
+
+// admission bounds the devices that are connecting at once: from the accepted
+// TCP connection, through the TLS handshake, the MQTT CONNECT and its
+// authorisation, to the device's online status being recorded (or the
+// connection ending, or a time limit). The next connection waits in the kernel's
+// accept queue until one of them is through.
+//
+// Without it, a fleet that reconnects at once (after a server restart, a network
+// cut) starts thousands of handshakes that share the CPU and all finish late, then
+// queues thousands of database writes, so most connections miss their deadlines:
+// under a 10,000-device storm here nothing connected for a minute, and devices
+// whose online status was refused stayed connected but listed offline. Bounded,
+// the same work is done first come, first served, each step well within its
+// deadline.
+type admission struct {
+	slots chan struct{}
+	limit time.Duration
+
+	mu      sync.Mutex
+	gen     uint64
+	pending map[string]admitted // remote address -> its admission
+}
+
+type admitted struct {
+	gen   uint64
+	timer *time.Timer // the safety release
+}
+
+func newAdmission(n int, limit time.Duration) *admission {
+	return &admission{slots: make(chan struct{}, n), limit: limit, pending: map[string]admitted{}}
+}
+
+// maxConnecting is how many devices may be connecting at once: enough to keep
+// every core busy while most wait on their device or on the database.
+func maxConnecting() int { return 64 * runtime.GOMAXPROCS(0) }
+
+// wait takes a slot; release gives back one not tied to a connection.
+func (a *admission) wait()    { a.slots <- struct{}{} }
+func (a *admission) release() { <-a.slots }
+
+// admitted ties the slot just taken to a connection from remote; the slot comes
+// back at done(remote), or after the time limit.
+func (a *admission) admitted(remote string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if old, ok := a.pending[remote]; ok { // the address was reused: the old connection is gone
+		old.timer.Stop()
+		delete(a.pending, remote)
+		<-a.slots
+	}
+	a.gen++
+	gen := a.gen
+	a.pending[remote] = admitted{gen: gen, timer: time.AfterFunc(a.limit, func() { a.end(remote, gen) })}
+}
+
+// done ends remote's admission (once; later calls do nothing).
+func (a *admission) done(remote string) { a.end(remote, 0) }
+
+func (a *admission) end(remote string, gen uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e, ok := a.pending[remote]
+	if !ok || (gen != 0 && e.gen != gen) {
+		return
+	}
+	e.timer.Stop()
+	delete(a.pending, remote)
+	<-a.slots // never blocks: the slot is held
 }

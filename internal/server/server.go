@@ -53,7 +53,8 @@ type Config struct {
 	// (PEM files; the certificate file may carry its chain, whose last certificate
 	// is then what enrolment tokens pin).
 	TLSCert, TLSKey string
-	// HandshakeTimeout bounds a device's TLS handshake plus MQTT CONNECT; default 10s.
+	// HandshakeTimeout bounds a TLS handshake on the HTTPS listener, and a device's
+	// TLS handshake plus MQTT CONNECT on the broker's; default 10s.
 	HandshakeTimeout time.Duration
 	// WebhookRetryBase is the first retry delay of a failed webhook delivery,
 	// doubled at each attempt; default 2s.
@@ -186,7 +187,7 @@ func (s *Server) start(ctx context.Context) error {
 	}
 	// Devices fetch artifacts with their client certificate; people and enrolling
 	// devices come without one.
-	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12,
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}, // NextProtos: the HTTP server then serves h2
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			pool, err := s.clientCAPool(hello.Context(), &s.httpCAs)
 			if err != nil {
@@ -206,7 +207,8 @@ func (s *Server) start(ctx context.Context) error {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		if err := s.httpSrv.ServeTLS(s.httpLn, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		ln := newHandshakeListener(s.httpLn, tlsCfg, s.cfg.HandshakeTimeout, s.log)
+		if err := s.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("https server", "err", err)
 		}
 	}()

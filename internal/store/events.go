@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"strconv"
 	"time"
 )
 
@@ -40,7 +41,22 @@ type Event struct {
 	At        time.Time       `json:"at"`
 }
 
+// eventOrderLock is the PostgreSQL advisory lock that orders event commits.
+const eventOrderLock = 7428002
+
 func (s *Store) addEvent(ctx context.Context, tx *sql.Tx, e Event) error {
+	if s.dialect == Postgres {
+		// An event's seq is taken from a sequence at its INSERT, but concurrent
+		// transactions commit in any order: a reader that saw seq N (the SSE
+		// stream, webhooks: "after N") would miss N-1 committed just after. The
+		// fleet simulator saw 3% of a 1,000-device connect storm's online events
+		// never reach the stream. Holding this lock from the INSERT to the commit
+		// (every transaction adds its events last) makes seqs commit in order,
+		// on every replica.
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(`+strconv.Itoa(eventOrderLock)+`)`); err != nil {
+			return err
+		}
+	}
 	data := string(e.Data)
 	if data == "" {
 		data = "{}"
