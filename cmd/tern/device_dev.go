@@ -72,6 +72,9 @@ func devGroupCmd(client func() (*agent.Client, error)) *cobra.Command {
 			fmt.Fprintf(w, " (since %s)", st.Since.Local().Format(time.RFC3339))
 		}
 		fmt.Fprintln(w)
+		if st.Denied {
+			fmt.Fprintln(w, "policy: refused by the account (tern fleet policy devmode on the server)")
+		}
 		fmt.Fprintf(w, "LAN API: %s\n", dashOr(st.LAN, "closed"))
 		if st.Fingerprint != "" {
 			fmt.Fprintf(w, "certificate: %s\n", st.Fingerprint)

@@ -96,7 +96,7 @@ func call(method, path string, in, out any) error {
 func fleetCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "fleet", Short: "Manage the fleet through a tern server: devices, tokens, keys, groups, releases, campaigns, events, webhooks"}
 	cmd.AddCommand(fleetLoginCmd(), fleetDevicesCmd(), fleetTokensCmd(), fleetKeysCmd(), fleetEventsCmd(),
-		fleetGroupsCmd(), fleetWebhooksCmd(), fleetAccountsCmd(), fleetReleaseKeysCmd(), fleetReleasesCmd(), fleetCampaignsCmd(), fleetLogsCmd())
+		fleetGroupsCmd(), fleetWebhooksCmd(), fleetAccountsCmd(), fleetReleaseKeysCmd(), fleetReleasesCmd(), fleetCampaignsCmd(), fleetLogsCmd(), fleetPolicyCmd())
 	return cmd
 }
 

@@ -84,6 +84,7 @@ func fleetDevicesCmd() *cobra.Command {
 						DevMode *struct {
 							Enabled  bool `json:"enabled"`
 							Pairings int  `json:"pairings"`
+							Denied   bool `json:"denied"`
 						} `json:"devmode"`
 					} `json:"update"`
 				}
@@ -95,6 +96,8 @@ func fleetDevicesCmd() *cobra.Command {
 					}
 					if dm := rep.Update.DevMode; dm != nil && dm.Enabled {
 						fmt.Fprintf(tw, "Developer mode:\tON (%d paired workstation(s))\n", dm.Pairings)
+					} else if dm != nil && dm.Denied {
+						fmt.Fprintf(tw, "Developer mode:\toff (refused by the account's policy)\n")
 					} else if dm != nil {
 						fmt.Fprintf(tw, "Developer mode:\toff\n")
 					}

@@ -188,3 +188,53 @@ func fleetAccountsCmd() *cobra.Command {
 	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
+
+// fleetPolicyCmd shows and sets the account's policy for its devices.
+func fleetPolicyCmd() *cobra.Command {
+	var asJSON bool
+	type view struct {
+		Name   string `json:"name"`
+		Policy struct {
+			DevMode string `json:"devmode"`
+		} `json:"policy"`
+	}
+	show := func(cmd *cobra.Command, a view) error {
+		return output(cmd.OutOrStdout(), asJSON, a.Policy, func(tw *tabwriter.Writer) {
+			fmt.Fprintf(tw, "account\t%s\ndevmode\t%s\n", a.Name, a.Policy.DevMode)
+		})
+	}
+	cmd := &cobra.Command{
+		Use:   "policy",
+		Short: "Show the account's policy for its devices",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var a view
+			if err := call("GET", "/api/v1/account", nil, &a); err != nil {
+				return err
+			}
+			return show(cmd, a)
+		},
+	}
+	devmode := &cobra.Command{
+		Use:   "devmode allow|deny",
+		Short: "Allow or refuse developer mode on every device of the account (admin)",
+		Long: "deny: every device of the account receives the policy in its signed desired state,\n" +
+			"turns developer mode off (closing its LAN API) and refuses `tern device dev enable`\n" +
+			"until the policy is allow again. Devices offline receive it when they reconnect.",
+		Args:      cobra.ExactArgs(1),
+		ValidArgs: []string{"allow", "deny"},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] != "allow" && args[0] != "deny" {
+				return fmt.Errorf("devmode: %q: want allow or deny", args[0])
+			}
+			var a view
+			if err := call("PUT", "/api/v1/account/policy", map[string]string{"devmode": args[0]}, &a); err != nil {
+				return err
+			}
+			return show(cmd, a)
+		},
+	}
+	cmd.AddCommand(devmode)
+	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}

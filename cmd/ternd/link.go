@@ -181,7 +181,7 @@ func reporter(a *agent.Agent) link.ReportFunc {
 		// Developer mode is reported so the directory shows which devices are open
 		// to paired workstations on their LAN.
 		if dev, err := a.DevStatus(); err == nil {
-			upd["devmode"] = map[string]any{"enabled": dev.Enabled, "since": dev.Since, "pairings": len(dev.Pairings)}
+			upd["devmode"] = map[string]any{"enabled": dev.Enabled, "since": dev.Since, "pairings": len(dev.Pairings), "denied": dev.Denied}
 		}
 		updJSON, _ := json.Marshal(upd)
 		return link.Reported{AgentVersion: version, OS: osName, Arch: runtime.GOARCH, Hostname: host, Apps: data, Update: updJSON}, nil

@@ -221,7 +221,7 @@ func statusOf(err error) int {
 		return http.StatusInsufficientStorage
 	case errors.Is(err, ErrDowngrade):
 		return http.StatusForbidden
-	case errors.Is(err, ErrRefused), errors.Is(err, app.ErrForbiddenCapability):
+	case errors.Is(err, ErrRefused), errors.Is(err, app.ErrForbiddenCapability), errors.Is(err, ErrDevModeDenied):
 		return http.StatusForbidden
 	case isPackageError(err):
 		return http.StatusUnprocessableEntity

@@ -24,11 +24,17 @@ import (
 // ErrNoPairing reports an unpair of a workstation the device has not paired.
 var ErrNoPairing = errors.New("no such paired workstation")
 
+// ErrDevModeDenied reports `dev enable` on a device whose account refuses
+// developer mode (a policy it received in its signed desired state).
+var ErrDevModeDenied = errors.New("developer mode is refused by the account's policy (set on the server: tern fleet policy devmode)")
+
 // DevStatus is developer mode as `tern device dev status` shows it and as the
 // device reports it to the server.
 type DevStatus struct {
 	Enabled bool      `json:"enabled"`
 	Since   time.Time `json:"since,omitzero"`
+	// Denied is set when the account's policy refuses developer mode.
+	Denied bool `json:"denied,omitempty"`
 	// LAN is where the LAN API listens, "" when it is closed.
 	LAN string `json:"lan,omitempty"`
 	// Fingerprint is the device's LAN certificate's, which workstations pin.
@@ -90,7 +96,7 @@ func (a *Agent) DevStatus() (DevStatus, error) {
 	if err != nil {
 		return DevStatus{}, err
 	}
-	out := DevStatus{Enabled: st.Enabled, Since: st.Since, LAN: st.LAN, Pairings: ps}
+	out := DevStatus{Enabled: st.Enabled, Since: st.Since, Denied: st.Denied, LAN: st.LAN, Pairings: ps}
 	if out.Pairings == nil {
 		out.Pairings = []devmode.Pairing{}
 	}
@@ -108,12 +114,18 @@ func (a *Agent) DevStatus() (DevStatus, error) {
 func (a *Agent) EnableDev(ctx context.Context) (DevStatus, error) {
 	changed := false
 	err := a.store.updateDevState(func(st *devState, _ *bolt.Bucket) error {
+		if st.Denied {
+			return ErrDevModeDenied
+		}
 		if !st.Enabled {
 			st.Enabled, st.Since, changed = true, time.Now().UTC(), true
 		}
 		return nil
 	})
 	if err != nil {
+		if errors.Is(err, ErrDevModeDenied) {
+			a.event(Event{Kind: "devmode", To: "refused", Message: "developer mode enable refused: " + err.Error()})
+		}
 		return DevStatus{}, err
 	}
 	if changed {
@@ -121,6 +133,44 @@ func (a *Agent) EnableDev(ctx context.Context) (DevStatus, error) {
 		a.event(Event{Kind: "devmode", To: "enabled", Message: "developer mode enabled"})
 	}
 	return a.waitLAN(ctx, true)
+}
+
+// ApplyDevModePolicy follows the account's developer-mode policy, as the last
+// accepted desired-state document carries it: deny turns developer mode off
+// (closing the LAN API, dropping any pairing code) and refuses it from then on;
+// no policy lifts the refusal (developer mode stays off until enabled locally).
+func (a *Agent) ApplyDevModePolicy(ctx context.Context, deny bool) {
+	wasEnabled, changed := false, false
+	err := a.store.updateDevState(func(st *devState, _ *bolt.Bucket) error {
+		if st.Denied == deny && (!deny || !st.Enabled) {
+			return nil
+		}
+		changed, st.Denied = true, deny
+		if deny && st.Enabled {
+			wasEnabled = true
+			st.Enabled, st.Since, st.Code = false, time.Now().UTC(), nil
+		}
+		return nil
+	})
+	if err != nil {
+		a.log.Error("developer-mode policy", "err", err)
+		return
+	}
+	if !changed {
+		return
+	}
+	switch {
+	case wasEnabled:
+		a.log.Warn("developer mode disabled: the account's policy refuses it")
+		a.event(Event{Kind: "devmode", To: "disabled", Message: "developer mode disabled: refused by the account's policy"})
+		a.waitLAN(ctx, false)
+	case deny:
+		a.log.Info("developer mode refused by the account's policy")
+		a.event(Event{Kind: "devmode", To: "denied", Message: "developer mode refused by the account's policy"})
+	default:
+		a.log.Info("developer mode allowed again by the account's policy")
+		a.event(Event{Kind: "devmode", To: "allowed", Message: "developer mode allowed by the account's policy"})
+	}
 }
 
 // DisableDev turns developer mode off. From the transaction's commit, no

@@ -7,11 +7,13 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tern-iot/tern/internal/devmode"
+	"github.com/tern-iot/tern/internal/link"
 	"github.com/tern-iot/tern/internal/trust"
 )
 
@@ -167,5 +169,80 @@ func TestDevModeSwitchesAreRefusedOffTheLocalSocket(t *testing.T) {
 	st, err := c.DevEnable(context.Background())
 	if err != nil || !st.Enabled {
 		t.Fatalf("enable over the socket: %+v %v", st, err)
+	}
+}
+
+// TestAccountPolicyTurnsDevModeOffAndRefusesIt: a signed desired-state document
+// that carries the account's deny policy turns developer mode off (the paired
+// developer's packages are refused from then on) and makes `dev enable` fail
+// with 403, across an agent restart; a later document without it lifts the
+// refusal, and developer mode stays off until enabled again locally.
+func TestAccountPolicyTurnsDevModeOffAndRefusesIt(t *testing.T) {
+	r := newManagedRig(t)
+	a := r.e.agent
+	dev, _ := trust.GenerateKey()
+	devPkg := pkg(t, dev, helloRoot(t), helloYAML)
+	if _, err := a.EnableDev(r.e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	code, _ := a.NewPairingCode()
+	if err := pairDeveloper(t, a, strings.Repeat("b", 64), dev, code.Code); err != nil {
+		t.Fatal(err)
+	}
+	offer := func(devmode string) uint64 {
+		t.Helper()
+		r.version++
+		env, err := link.SignDesired(&link.Desired{Device: "dev-1", Version: r.version, Expires: time.Now().Add(time.Hour),
+			Apps: []link.DesiredPackage{}, DevMode: devmode}, r.director)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.OfferDesired(env)
+		if ev := r.outcome(t, r.version); ev.State != link.DesiredApplied {
+			t.Fatalf("document %d: %+v", r.version, ev)
+		}
+		return r.version
+	}
+
+	offer(link.DevModeDeny)
+	st, err := a.DevStatus()
+	if err != nil || st.Enabled || !st.Denied || !st.CodeExpires.IsZero() {
+		t.Fatalf("after deny: %+v %v", st, err)
+	}
+	if _, err := a.EnableDev(r.e.ctx); !errors.Is(err, ErrDevModeDenied) || statusOf(err) != http.StatusForbidden {
+		t.Fatalf("enable under deny: %v (status %d)", err, statusOf(err))
+	}
+	if _, err := a.Install(r.e.ctx, bytes.NewReader(devPkg)); err == nil {
+		t.Fatal("developer-signed package installed under deny")
+	}
+	var msgs []string
+	evs, _ := a.Events(0)
+	for _, ev := range evs {
+		if ev.Kind == "devmode" {
+			msgs = append(msgs, ev.To+": "+ev.Message)
+		}
+	}
+	if !slices.Contains(msgs, "disabled: developer mode disabled: refused by the account's policy") || !slices.ContainsFunc(msgs, func(m string) bool {
+		return strings.HasPrefix(m, "refused: ")
+	}) {
+		t.Fatalf("devmode events: %q", msgs)
+	}
+
+	// The refusal is stored: it holds after ternd restarts, before any document.
+	a.Close()
+	r.e.start()
+	a = r.e.agent
+	if _, err := a.EnableDev(r.e.ctx); !errors.Is(err, ErrDevModeDenied) {
+		t.Fatalf("enable under deny after a restart: %v", err)
+	}
+
+	// Lifted: off until enabled locally, then on.
+	a.Manage(r.mgmt)
+	offer("")
+	if st, _ := a.DevStatus(); st.Enabled || st.Denied {
+		t.Fatalf("after the policy is lifted: %+v", st)
+	}
+	if st, err := a.EnableDev(r.e.ctx); err != nil || !st.Enabled {
+		t.Fatalf("enable after the policy is lifted: %+v %v", st, err)
 	}
 }

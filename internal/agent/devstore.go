@@ -37,6 +37,9 @@ type devState struct {
 	// disable wait for it to open or close (an agent run without one, as in
 	// tests, answers at once).
 	LANServer bool `json:"lan_server,omitempty"`
+	// Denied is set while the last desired-state document the device accepted
+	// from its server says that the account refuses developer mode.
+	Denied bool `json:"denied,omitempty"`
 }
 
 // devState reads developer mode's state (off when never set).

@@ -163,6 +163,9 @@ func (a *Agent) reconcile(ctx context.Context, mg *manager, payload []byte) {
 		a.event(Event{Kind: link.EventDesired, State: link.DesiredRejected, Message: err.Error()})
 		return
 	}
+	// The account's policy holds from the moment the document is accepted,
+	// whatever becomes of its apps.
+	a.ApplyDevModePolicy(ctx, d.DevMode == link.DevModeDeny)
 	osTried := rec.Version == d.Version && rec.OSTried
 	if err := a.store.saveDesired(desiredRecord{Version: d.Version, Campaign: d.Campaign, OSTried: osTried}); err != nil {
 		a.log.Error("desired state", "err", err)

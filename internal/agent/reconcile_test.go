@@ -114,6 +114,7 @@ type managedRig struct {
 	srv      *fakeServer
 	director trust.PrivateKey
 	version  uint64
+	mgmt     Management // what the agent was given, to give it again after a restart
 }
 
 func newManagedRig(t *testing.T) *managedRig {
@@ -122,9 +123,10 @@ func newManagedRig(t *testing.T) *managedRig {
 	ts := httptest.NewTLSServer(srv)
 	t.Cleanup(ts.Close)
 	director, _ := trust.GenerateKey()
-	e.agent.Manage(Management{DeviceID: "dev-1", ServerURL: ts.URL, Director: director.Public(),
-		TLS: &tls.Config{RootCAs: ts.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs}})
-	return &managedRig{e: e, srv: srv, director: director}
+	m := Management{DeviceID: "dev-1", ServerURL: ts.URL, Director: director.Public(),
+		TLS: &tls.Config{RootCAs: ts.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs}}
+	e.agent.Manage(m)
+	return &managedRig{e: e, srv: srv, director: director, mgmt: m}
 }
 
 // offer signs and hands the device a desired state with these apps.

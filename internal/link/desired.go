@@ -42,7 +42,14 @@ type Desired struct {
 	OS       *DesiredPackage  `json:"os,omitempty"`
 	Campaign string           `json:"campaign,omitempty"` // the campaign that set it, echoed in reports
 	Release  string           `json:"release,omitempty"`
+	// DevMode is the account's developer-mode policy: DevModeDeny turns
+	// developer mode off on the device and makes it refuse `dev enable` until a
+	// later document no longer says so. Empty: the device decides locally.
+	DevMode string `json:"devmode,omitempty"`
 }
+
+// DevModeDeny is Desired.DevMode when the account refuses developer mode.
+const DevModeDeny = "deny"
 
 // DesiredPackage is one package a device must run. Its signed manifest and blobs
 // are fetched from the server over HTTPS with the device's client certificate:
@@ -98,6 +105,8 @@ func VerifyDesired(data []byte, director trust.PublicKey, id string, lastVersion
 		return nil, fmt.Errorf("%w: version %d, last accepted %d", ErrDesiredStale, d.Version, lastVersion)
 	case !now.Before(d.Expires):
 		return nil, fmt.Errorf("%w: at %s", ErrDesiredExpired, d.Expires.Format(time.RFC3339))
+	case d.DevMode != "" && d.DevMode != DevModeDeny:
+		return nil, fmt.Errorf("%w: devmode %q", ErrDesiredMalformed, d.DevMode)
 	}
 	seen := map[string]bool{}
 	for _, p := range append(append([]DesiredPackage{}, d.Apps...), derefOS(d.OS)...) {

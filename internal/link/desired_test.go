@@ -43,6 +43,13 @@ func TestVerifyDesired(t *testing.T) {
 	expired.Expires = t0
 	dup := doc(5)
 	dup.Apps = append(dup.Apps, dup.Apps[0])
+	badPolicy := doc(5)
+	badPolicy.DevMode = "sometimes"
+	deny := doc(5)
+	deny.DevMode = DevModeDeny
+	if d, err := VerifyDesired(sign(deny, director), director.Public(), "d-1", 4, t0); err != nil || d.DevMode != DevModeDeny {
+		t.Fatalf("deny policy: %+v %v", d, err)
+	}
 	cases := []struct {
 		name string
 		data []byte
@@ -55,6 +62,7 @@ func TestVerifyDesired(t *testing.T) {
 		{"other device", good, 0, nil},
 		{"expired", sign(expired, director), 0, ErrDesiredExpired},
 		{"repeated package", sign(dup, director), 0, ErrDesiredMalformed},
+		{"unknown devmode policy", sign(badPolicy, director), 0, ErrDesiredMalformed},
 		{"garbage", []byte("{"), 0, ErrDesiredMalformed},
 	}
 	for _, tc := range cases {

@@ -194,7 +194,7 @@ func problemFor(err error) *apiError {
 		return p(http.StatusForbidden, "enrollment token not usable")
 	case errors.Is(err, store.ErrDecommissioned), errors.Is(err, store.ErrRejected):
 		return p(http.StatusForbidden, "device refused")
-	case errors.Is(err, store.ErrBadSelector), errors.Is(err, ErrBadCSR), errors.Is(err, store.ErrBadCampaign):
+	case errors.Is(err, store.ErrBadSelector), errors.Is(err, ErrBadCSR), errors.Is(err, store.ErrBadCampaign), errors.Is(err, store.ErrBadPolicy):
 		return p(http.StatusBadRequest, "bad request")
 	case errors.Is(err, store.ErrBadRelease):
 		return p(http.StatusUnprocessableEntity, "invalid release")

@@ -24,15 +24,17 @@ type runner struct {
 	kicked    map[string]bool
 	wake      chan struct{}
 	republish chan struct{}
-	next      time.Time // earliest time a plan asked to be woken
+	policy    chan struct{} // developer-mode policy documents to re-issue
+	next      time.Time     // earliest time a plan asked to be woken
 }
 
 // kickEvery is the shortest time between two steps of kicked campaigns.
 const kickEvery = 250 * time.Millisecond
 
 func newRunner(s *Server) *runner {
-	r := &runner{s: s, kicked: map[string]bool{}, wake: make(chan struct{}, 1), republish: make(chan struct{}, 1)}
-	r.requestRepublish() // at start: the embedded broker keeps retained messages in memory only
+	r := &runner{s: s, kicked: map[string]bool{}, wake: make(chan struct{}, 1), republish: make(chan struct{}, 1), policy: make(chan struct{}, 1)}
+	r.requestRepublish()  // at start: the embedded broker keeps retained messages in memory only
+	r.requestPolicySync() // at start: finish what a crash may have interrupted
 	return r
 }
 
@@ -43,6 +45,39 @@ func (r *runner) requestRepublish() {
 	select {
 	case r.republish <- struct{}{}:
 	default:
+	}
+}
+
+// requestPolicySync asks for the documents of devices that do not carry their
+// account's developer-mode policy to be re-issued: after a policy change and an
+// enrollment; housekeeping catches anything else.
+func (r *runner) requestPolicySync() {
+	select {
+	case r.policy <- struct{}{}:
+	default:
+	}
+}
+
+// syncPolicy re-issues and publishes, in batches, every document that does not
+// carry its account's developer-mode policy.
+func (r *runner) syncPolicy(ctx context.Context) {
+	const batch = 500
+	for ctx.Err() == nil {
+		now := r.s.now()
+		pubs, err := r.s.store.SyncDevModePolicy(ctx, now, r.s.cfg.DesiredTTL, r.s.signing(ctx).Sign, batch)
+		r.s.pub.publish(ctx, pubs)
+		if err != nil {
+			if ctx.Err() == nil {
+				r.s.log.Warn("developer-mode policy", "err", err)
+			}
+			return
+		}
+		if len(pubs) > 0 {
+			r.s.log.Info("desired states re-issued for the developer-mode policy", "devices", len(pubs))
+		}
+		if len(pubs) < batch {
+			return
+		}
 	}
 }
 
@@ -72,6 +107,8 @@ func (r *runner) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-r.policy:
+			r.syncPolicy(ctx)
 		case <-r.republish:
 			if err := r.s.pub.publishStored(ctx, true); err != nil && ctx.Err() == nil {
 				r.s.log.Warn("publish desired states", "err", err)
@@ -168,6 +205,7 @@ func (r *runner) housekeep(ctx context.Context) {
 		r.s.log.Info("desired states renewed", "devices", len(pubs))
 	}
 	r.s.pub.publish(ctx, pubs)
+	r.syncPolicy(ctx)
 }
 
 // campaignReq creates a campaign.

@@ -61,6 +61,7 @@ func (s *Server) postEnroll(w http.ResponseWriter, r *http.Request, _ *caller) e
 		return writeJSON(w, http.StatusAccepted, link.EnrollResponse{DeviceID: d.ID, Status: link.EnrollPending, RetryAfter: 5})
 	}
 	s.log.Info("device enrolled", "device", d.ID, "account", d.AccountID, "token", tokID)
+	s.runner.requestPolicySync() // under a deny policy, its first document says so
 	roots, err := s.trustRoots(r, d.AccountID)
 	if err != nil {
 		return err

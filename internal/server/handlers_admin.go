@@ -19,11 +19,19 @@ type accountView struct {
 	Name        string    `json:"name"`
 	DeviceCA    string    `json:"device_ca"`
 	DirectorKey string    `json:"director_key"` // public half, PKIX PEM
+	Policy      policy    `json:"policy"`
 	CreatedAt   time.Time `json:"created_at"`
 }
 
+// policy is an account's policy for its devices.
+type policy struct {
+	// DevMode is "allow" (the default) or "deny": the account's devices turn
+	// developer mode off and refuse to enable it.
+	DevMode string `json:"devmode"`
+}
+
 func viewAccount(a store.Account) accountView {
-	v := accountView{ID: a.ID, Name: a.Name, DeviceCA: a.CACert, CreatedAt: a.CreatedAt}
+	v := accountView{ID: a.ID, Name: a.Name, DeviceCA: a.CACert, Policy: policy{DevMode: a.DevMode}, CreatedAt: a.CreatedAt}
 	if k, err := trust.ParsePrivateKey([]byte(a.DirectorKey)); err == nil {
 		v.DirectorKey = string(trust.MarshalPublicKey(k.Public()))
 	}
@@ -35,6 +43,27 @@ func (s *Server) getAccount(w http.ResponseWriter, r *http.Request, c *caller) e
 	if err != nil {
 		return err
 	}
+	return writeJSON(w, 200, viewAccount(a))
+}
+
+// putPolicy sets the caller's account's policy. Every device of the account
+// receives it in a new signed desired-state document (devices without a release
+// get one that lists no app): a device told "deny" turns developer mode off at
+// once, and refuses to turn it on.
+func (s *Server) putPolicy(w http.ResponseWriter, r *http.Request, c *caller) error {
+	var req policy
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if req.DevMode != store.DevModeAllow && req.DevMode != store.DevModeDeny {
+		return badRequest("devmode: %q: want %q or %q", req.DevMode, store.DevModeAllow, store.DevModeDeny)
+	}
+	a, err := s.store.SetDevModePolicy(r.Context(), c.Account, req.DevMode, s.now())
+	if err != nil {
+		return err
+	}
+	s.log.Info("account policy set", "account", a.ID, "devmode", a.DevMode)
+	s.runner.requestPolicySync()
 	return writeJSON(w, 200, viewAccount(a))
 }
 

@@ -19,6 +19,8 @@ func routes() []route {
 			Request: link.EnrollRequest{}, Response: link.EnrollResponse{}, handle: (*Server).postEnroll},
 
 		{Method: "GET", Path: "/api/v1/account", Role: v, Summary: "The caller's account", Response: accountView{}, handle: (*Server).getAccount},
+		{Method: "PUT", Path: "/api/v1/account/policy", Role: a, Summary: "Set the account's policy for its devices (devmode: allow | deny)",
+			Request: policy{}, Response: accountView{}, handle: (*Server).putPolicy},
 		{Method: "GET", Path: "/api/v1/accounts", Role: a, System: true, Summary: "List accounts", Response: []accountView{}, handle: (*Server).listAccounts},
 		{Method: "POST", Path: "/api/v1/accounts", Role: a, System: true, Summary: "Create an account and its first admin key",
 			Request: createAccountReq{}, Response: createdAccount{}, Status: 201, handle: (*Server).postAccount},

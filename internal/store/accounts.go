@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -10,12 +11,54 @@ import (
 // Account is a tenant: its devices, keys, tokens and events are visible only to
 // API keys of the same account. Each has its own device CA and director key.
 type Account struct {
-	ID          string    `json:"id"`
-	Name        string    `json:"name"`
-	CACert      string    `json:"-"` // PEM: the device CA that issues this account's device certificates
-	CAKey       string    `json:"-"` // PEM (PKCS#8) private key of the device CA
-	DirectorKey string    `json:"-"` // PEM (PKCS#8) ed25519 key that signs desired-state documents
-	CreatedAt   time.Time `json:"created_at"`
+	ID          string `json:"id"`
+	Name        string `json:"name"`
+	CACert      string `json:"-"` // PEM: the device CA that issues this account's device certificates
+	CAKey       string `json:"-"` // PEM (PKCS#8) private key of the device CA
+	DirectorKey string `json:"-"` // PEM (PKCS#8) ed25519 key that signs desired-state documents
+	// DevMode is the account's developer-mode policy: DevModeAllow (the default)
+	// or DevModeDeny, which every device of the account receives in its signed
+	// desired state and obeys: developer mode off, and refused.
+	DevMode   string    `json:"devmode"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Developer-mode policies of an account.
+const (
+	DevModeAllow = "allow"
+	DevModeDeny  = "deny"
+)
+
+// ErrBadPolicy reports a policy value that is not one of the allowed ones.
+var ErrBadPolicy = errors.New("invalid policy")
+
+// EventPolicy is recorded when an account's policy changes.
+const EventPolicy = "account.policy"
+
+// SetDevModePolicy sets the account's developer-mode policy and records the
+// change as an event. The devices' documents follow through SyncDevModePolicy.
+func (s *Store) SetDevModePolicy(ctx context.Context, account, policy string, now time.Time) (Account, error) {
+	if policy != DevModeAllow && policy != DevModeDeny {
+		return Account{}, fmt.Errorf("developer-mode policy %q: want %q or %q: %w", policy, DevModeAllow, DevModeDeny, ErrBadPolicy)
+	}
+	err := s.tx(ctx, func(tx *sql.Tx) (bool, error) {
+		var cur string
+		if err := tx.QueryRowContext(ctx, s.q(`SELECT devmode FROM accounts WHERE id = ?`+s.forUpdate()), account).Scan(&cur); err != nil {
+			return false, notFound(err, "account", account)
+		}
+		if cur == policy {
+			return false, nil
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`UPDATE accounts SET devmode = ? WHERE id = ?`), policy, account); err != nil {
+			return false, err
+		}
+		data := jsonObject(map[string]any{"devmode": policy, "previous": cur})
+		return true, s.addEvent(ctx, tx, Event{AccountID: account, Type: EventPolicy, Data: data, At: now})
+	})
+	if err != nil {
+		return Account{}, err
+	}
+	return s.Account(ctx, account)
 }
 
 // CreateAccount inserts a; ErrExists if its id or name is taken.
@@ -28,12 +71,12 @@ func (s *Store) CreateAccount(ctx context.Context, a Account) error {
 	return err
 }
 
-const accountCols = `id, name, ca_cert, ca_key, director_key, created_at`
+const accountCols = `id, name, ca_cert, ca_key, director_key, devmode, created_at`
 
 func scanAccount(row interface{ Scan(...any) error }) (Account, error) {
 	var a Account
 	var created int64
-	err := row.Scan(&a.ID, &a.Name, &a.CACert, &a.CAKey, &a.DirectorKey, &created)
+	err := row.Scan(&a.ID, &a.Name, &a.CACert, &a.CAKey, &a.DirectorKey, &a.DevMode, &created)
 	a.CreatedAt = fromMicros(created)
 	return a, err
 }

@@ -185,8 +185,17 @@ func (s *Store) writeDesired(ctx context.Context, tx *sql.Tx, prev DesiredState,
 	if apps == nil {
 		apps = []link.DesiredPackage{}
 	}
+	// Every document carries the account's developer-mode policy as it stands
+	// when the document is signed (read inside the transaction).
+	var policy string
+	if err := tx.QueryRowContext(ctx, s.q(`SELECT devmode FROM accounts WHERE id = ?`), c.Account).Scan(&policy); err != nil {
+		return Publication{}, notFound(err, "account", c.Account)
+	}
 	doc := &link.Desired{Device: c.Device, Version: v, Expires: c.Now.Add(c.TTL).UTC().Truncate(time.Second), Apps: apps, OS: c.Target.OS,
 		Campaign: c.Target.Campaign, Release: c.Target.ReleaseName}
+	if policy == DevModeDeny {
+		doc.DevMode = link.DevModeDeny
+	}
 	env, err := c.Sign(c.Account, doc)
 	if err != nil {
 		return Publication{}, fmt.Errorf("sign desired state of %s: %w", c.Device, err)
@@ -196,8 +205,8 @@ func (s *Store) writeDesired(ctx context.Context, tx *sql.Tx, prev DesiredState,
 		return Publication{}, err
 	}
 	query := `UPDATE desired SET version = ?, release_id = ?, release_name = ?, campaign_id = ?, packages = ?, envelope = ?,
-		expires_at = ?, published = 0, updated_at = ?`
-	args := []any{int64(v), c.Target.ReleaseID, c.Target.ReleaseName, c.Target.Campaign, string(pkgs), string(env), micros(doc.Expires), micros(c.Now)}
+		expires_at = ?, published = 0, updated_at = ?, devmode = ?`
+	args := []any{int64(v), c.Target.ReleaseID, c.Target.ReleaseName, c.Target.Campaign, string(pkgs), string(env), micros(doc.Expires), micros(c.Now), policy}
 	if newTarget {
 		query += `, target_since = ?, status = '', status_version = 0, message = ''`
 		args = append(args, int64(v))
@@ -242,6 +251,52 @@ func (s *Store) RenewDesired(ctx context.Context, horizon, now time.Time, ttl ti
 				return false, err
 			}
 			pub, err := s.writeDesired(ctx, tx, prev, DesiredChange{Account: d.AccountID, Device: id, Target: prev.Target, Now: now, TTL: ttl, Sign: sign}, false)
+			if err == nil {
+				pubs = append(pubs, pub)
+			}
+			return false, err
+		})
+		if err != nil {
+			return pubs, err
+		}
+	}
+	return pubs, nil
+}
+
+// SyncDevModePolicy issues a new document, same target, to each active device
+// whose current document does not carry its account's developer-mode policy:
+// after the policy changed, and for devices enrolled (or accepted) under a deny
+// policy, which get their first document this way (it lists no app, so it
+// changes none). At most limit devices per call; the caller publishes the
+// documents and calls again while it returns limit of them. Running it after a
+// crash at any point converges: it looks only at what is stored.
+func (s *Store) SyncDevModePolicy(ctx context.Context, now time.Time, ttl time.Duration, sign SignFunc, limit int) ([]Publication, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT d.id FROM devices d JOIN accounts a ON a.id = d.account_id
+		LEFT JOIN desired x ON x.device_id = d.id
+		WHERE d.status = ? AND (
+			(a.devmode = ? AND (x.device_id IS NULL OR x.version = 0 OR x.devmode <> ?)) OR
+			(a.devmode <> ? AND x.version > 0 AND x.devmode = ?))
+		ORDER BY d.id LIMIT ?`), string(StatusActive), DevModeDeny, DevModeDeny, DevModeDeny, DevModeDeny, limit)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := scanStrings(rows)
+	if err != nil {
+		return nil, err
+	}
+	var pubs []Publication
+	for _, id := range ids {
+		err := s.tx(ctx, func(tx *sql.Tx) (bool, error) {
+			d, err := s.device(ctx, tx, "", id)
+			if err != nil || d.Status != StatusActive {
+				return false, err
+			}
+			prev, err := s.lockDesired(ctx, tx, d.AccountID, id, now)
+			if err != nil {
+				return false, err
+			}
+			pub, err := s.writeDesired(ctx, tx, prev, DesiredChange{Account: d.AccountID, Device: id, Target: prev.Target, Now: now, TTL: ttl, Sign: sign},
+				prev.Version == 0)
 			if err == nil {
 				pubs = append(pubs, pub)
 			}

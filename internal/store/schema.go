@@ -252,6 +252,13 @@ CREATE TABLE device_logs (
 CREATE INDEX device_logs_device ON device_logs(device_id, id);
 CREATE INDEX device_logs_received ON device_logs(received);
 `,
+	// An account's developer-mode policy, and the policy each device's current
+	// desired-state document carries (so that a change of policy finds the
+	// devices whose document must be re-issued).
+	`
+ALTER TABLE accounts ADD COLUMN devmode TEXT NOT NULL DEFAULT 'allow';
+ALTER TABLE desired ADD COLUMN devmode TEXT NOT NULL DEFAULT 'allow';
+`,
 }
 
 // migrate applies the migrations not yet applied. On PostgreSQL an advisory lock
