@@ -7,12 +7,14 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,6 +32,7 @@ type fakeServer struct {
 	fetched   map[string]int
 	cutOnce   map[string]bool
 	ranges    int
+	open      atomic.Int64 // connections the device holds open to the server
 }
 
 func newFakeServer() *fakeServer {
@@ -120,7 +123,16 @@ type managedRig struct {
 func newManagedRig(t *testing.T) *managedRig {
 	e := newEnv(t)
 	srv := newFakeServer()
-	ts := httptest.NewTLSServer(srv)
+	ts := httptest.NewUnstartedServer(srv)
+	ts.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			srv.open.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			srv.open.Add(-1)
+		}
+	}
+	ts.StartTLS()
 	t.Cleanup(ts.Close)
 	director, _ := trust.GenerateKey()
 	m := Management{DeviceID: "dev-1", ServerURL: ts.URL, Director: director.Public(),
@@ -176,6 +188,8 @@ func TestReconcileInstallsUpdatesAndRollsBackToDesired(t *testing.T) {
 	if r.srv.ranges == 0 {
 		t.Fatal("cut downloads were not resumed with a range request")
 	}
+	// Done with the server: no connection left idle (a server's descriptor each).
+	waitFor(t, "the device to close its connections to the server", 10*time.Second, func() bool { return r.srv.open.Load() == 0 })
 	fetchedV1 := len(r.srv.fetched)
 
 	// The update shares the layer (and config): nothing new to download.
