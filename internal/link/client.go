@@ -135,6 +135,35 @@ func (c *Client) Run(ctx context.Context) error {
 	if c.cfg.Logs != nil {
 		logsReady = c.cfg.Logs.Ready()
 	}
+	// greeted is false from a connection's start until the server acknowledged
+	// the device's online status and the desired-state subscription was made.
+	// Until then each tick tries again: a server that refused the status (it
+	// may, under load) would otherwise list a connected device as offline, and
+	// not send it its desired state, until the next reconnection.
+	greeted, connected := false, false
+	greet := func() {
+		c.mu.Lock()
+		session := c.session
+		c.mu.Unlock()
+		msg, _ := json.Marshal(StatusMessage{State: Online, Session: session, At: time.Now().UTC()})
+		if err := c.publish(ctx, cm, statusTopic, msg); err != nil {
+			c.log.Warn("publish online; trying again at the next report", "err", err)
+			return
+		}
+		if c.cfg.OnDesired != nil {
+			sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+			_, err := cm.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: Topic(id.DeviceID, TopicDesired), QoS: 1}}})
+			cancel()
+			if err != nil {
+				c.log.Warn("subscribe to desired state; trying again at the next report", "err", err)
+				return
+			}
+		}
+		greeted = true
+		c.report(ctx, cm)
+		c.sendEvents(ctx, cm)
+		c.sendLogs(ctx, cm)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -145,25 +174,14 @@ func (c *Client) Run(ctx context.Context) error {
 		case <-c.up:
 			c.mu.Lock()
 			c.last = nil // a new connection: publish everything again
-			session := c.session
 			c.mu.Unlock()
-			msg, _ := json.Marshal(StatusMessage{State: Online, Session: session, At: time.Now().UTC()})
-			if err := c.publish(ctx, cm, statusTopic, msg); err != nil {
-				c.log.Warn("publish online", "err", err)
+			greeted, connected = false, true
+			greet()
+		case <-ticker.C:
+			if connected && !greeted {
+				greet()
 				continue
 			}
-			if c.cfg.OnDesired != nil {
-				sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-				_, err := cm.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: Topic(id.DeviceID, TopicDesired), QoS: 1}}})
-				cancel()
-				if err != nil {
-					c.log.Warn("subscribe to desired state", "err", err)
-				}
-			}
-			c.report(ctx, cm)
-			c.sendEvents(ctx, cm)
-			c.sendLogs(ctx, cm)
-		case <-ticker.C:
 			c.report(ctx, cm)
 			c.sendEvents(ctx, cm)
 			c.sendLogs(ctx, cm)
