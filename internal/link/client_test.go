@@ -24,6 +24,8 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tern-iot/tern/internal/testnet"
 )
 
 // refuseFirstOnline is a broker hook that refuses (PUBACK 0x80) the first n
@@ -41,7 +43,7 @@ func (h *refuseFirstOnline) Provides(b byte) bool {
 	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish}, []byte{b})
 }
 func (h *refuseFirstOnline) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
-func (h *refuseFirstOnline) OnACLCheck(*mqtt.Client, string, bool) bool             { return true }
+func (h *refuseFirstOnline) OnACLCheck(*mqtt.Client, string, bool) bool              { return true }
 func (h *refuseFirstOnline) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	var st StatusMessage
 	if pk.TopicName != Topic(cl.ID, TopicStatus) || json.Unmarshal(pk.Payload, &st) != nil || st.State != Online {
@@ -127,14 +129,7 @@ func TestClientAnnouncesOnlineAgainAfterARefusal(t *testing.T) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+func freeAddr(t *testing.T) string { return testnet.LaterAddr(t) }
 
 // writeTestIdentity writes an enrolled identity into dir, issued by a fresh CA
 // that also issues the returned server certificate.

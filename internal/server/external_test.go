@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/tern-iot/tern/internal/server"
+	"github.com/tern-iot/tern/internal/testnet"
 )
 
 // startMosquitto runs Debian's mosquitto on a loopback port with the files the
@@ -67,14 +68,7 @@ log_dest stdout
 	})
 }
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+func freeAddr(t *testing.T) string { return testnet.LaterAddr(t) }
 
 // TestExternalMosquittoBroker runs the server against Debian's Mosquitto instead of
 // the embedded broker: a device enrolls, connects to Mosquitto, and the server

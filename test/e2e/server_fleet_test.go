@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tern-iot/tern/internal/testnet"
 )
 
 // fleetServer is one `tern server` process on loopback ports, and the
@@ -43,14 +45,7 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
-func loopbackAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+func loopbackAddr(t *testing.T) string { return testnet.LaterAddr(t) }
 
 func startFleetServer(t *testing.T, dir string) *fleetServer {
 	t.Helper()
