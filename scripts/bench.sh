@@ -4,10 +4,11 @@
 # sharing and update downloads. Prints a table; the raw `go test` output is kept in
 # out/bench/. Needs root (containers, cgroups, mounts).
 #
-#   scripts/bench.sh          the quick set (make bench), under 5 minutes
-#   scripts/bench.sh full     the full set recorded in docs/BENCHMARKS.md (~5 minutes):
-#                             more iterations, the existing device benchmarks and the
-#                             256 MiB OS install
+#   scripts/bench.sh          the quick set (make bench), under 5 minutes; ends with
+#                             the fleet simulator at 200 devices (-quick)
+#   scripts/bench.sh full     the full set recorded in docs/BENCHMARKS.md (~6 minutes):
+#                             more iterations, the existing device benchmarks, the
+#                             256 MiB OS install, and the fleet simulator at 1,000
 #   scripts/bench.sh table F  prints the table of an earlier run's raw output F
 #
 # The peers come from Debian and are installed here, not by make setup, so that
@@ -59,16 +60,28 @@ if [[ $mode != table ]]; then
 		echo "# $(go version); $(runc --version | head -1); $(containerd --version | cut -d' ' -f3); podman $(podman --version | cut -d' ' -f3); conmon $(conmon --version | head -1 | cut -d' ' -f3)"
 	} >"$raw"
 	start=$SECONDS
+	# fleetsim ARGS: the fleet simulator against a real tern server (docs/fleetsim.md);
+	# its table goes beside the raw output and is printed after the device table.
+	fleetsim() {
+		echo "bench: fleetsim $* (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+		if ! go run ./bench/fleetsim/cmd/fleetsim "$@" >"$fleet" 2>"${fleet%.txt}.log"; then
+			echo "bench: fleetsim failed (see ${fleet%.txt}.log)" >&2
+			status=1
+		fi
+	}
+	fleet=${raw%.txt}-fleetsim.txt
 	if [[ $mode == quick ]]; then
 		gotest 'Peers' 10x
 		gotest 'Footprint|TerndSize' 1x
 		gotest 'InstallThroughput|DiskSharedLayers|UpdateOneLayer' 3x
+		fleetsim -n 200 -quick
 	else
 		gotest 'Peers' 30x
 		gotest 'Footprint|TerndSize' 1x
 		gotest 'InstallThroughput|DiskSharedLayers|UpdateOneLayer' 10x
 		gotest 'AppStartThroughTernd|InstallToRunning|UpdateCommitAndGap' 5x
 		gotest 'OSInstall256MB' 3x
+		fleetsim -n 1000
 	fi
 	echo "bench: $((SECONDS - start)) s; raw output in $raw" >&2
 	if grep -qE '^(--- FAIL|FAIL)' "$raw"; then
@@ -143,4 +156,10 @@ END {
 		row("  local", v(s "ms-install-local"), v(s "ms-copy-local"), "", "", "")
 	}
 }' "$raw"
+fleet=${raw%.txt}-fleetsim.txt
+if [[ -s $fleet ]]; then
+	echo
+	echo "Management server under simulated devices (bench/fleetsim; docs/fleetsim.md)"
+	cat "$fleet"
+fi
 exit "${status:-0}"

@@ -67,7 +67,7 @@ type Config struct {
 	// fleet of thousands of devices writes nothing per download.
 	InMemory bool
 	// CloseIdle closes the device's idle HTTPS connections once its downloads are
-	// done, instead of leaving them to the server's idle timeout (as ternd does).
+	// done, as ternd does, instead of leaving them to the server's idle timeout.
 	CloseIdle bool
 	// OnEvent, if set, is called with each event as the device queues it (its
 	// Time is when the device decided it).

@@ -3,12 +3,13 @@ package peers
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"strconv"
 	"sync"
 	"syscall"
+
+	"github.com/tern-iot/tern/internal/loopback"
 )
 
 // Process starts the app as a plain process: fork/exec of its binary with its
@@ -33,7 +34,7 @@ func (p *Process) Port(id string) int {
 		p.procs, p.ports = map[string]*exec.Cmd{}, map[string]int{}
 	}
 	if p.ports[id] == 0 {
-		p.ports[id], _ = freePort()
+		p.ports[id], _ = loopback.LaterPort()
 	}
 	return p.ports[id]
 }
@@ -75,14 +76,4 @@ func (p *Process) Stop(ctx context.Context, id string) error {
 	cmd.Process.Kill()
 	cmd.Wait()
 	return nil
-}
-
-// freePort asks the kernel for a free loopback TCP port.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

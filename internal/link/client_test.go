@@ -25,7 +25,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/tern-iot/tern/internal/testnet"
+	"github.com/tern-iot/tern/internal/loopback"
 )
 
 // refuseFirstOnline is a broker hook that refuses (PUBACK 0x80) the first n
@@ -129,7 +129,7 @@ func TestClientAnnouncesOnlineAgainAfterARefusal(t *testing.T) {
 	}
 }
 
-func freeAddr(t *testing.T) string { return testnet.LaterAddr(t) }
+func freeAddr(t *testing.T) string { return loopback.TestAddr(t) }
 
 // writeTestIdentity writes an enrolled identity into dir, issued by a fresh CA
 // that also issues the returned server certificate.

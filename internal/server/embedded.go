@@ -220,7 +220,7 @@ func (l *tlsListener) Init(*slog.Logger) error {
 }
 
 func (l *tlsListener) Serve(establish listeners.EstablishFn) {
-	var delay time.Duration
+	var retry acceptRetry
 	for {
 		l.admit.wait()
 		conn, err := l.ln.Accept()
@@ -232,27 +232,18 @@ func (l *tlsListener) Serve(establish listeners.EstablishFn) {
 			if closed || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			// Out of descriptors (EMFILE), or a connection aborted before it was
-			// accepted: wait and accept again, as net/http does. Returning would
-			// stop the broker from taking any connection, for good.
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			l.log.Warn("mqtt accept failed; retrying", "err", err, "in", delay)
-			time.Sleep(delay)
+			retry.wait(l.log, "mqtt", err)
 			continue
 		}
-		delay = 0
+		retry.reset()
 		remote := conn.RemoteAddr().String()
 		l.admit.admitted(remote)
 		go func() {
-			conn.SetDeadline(time.Now().Add(l.timeout))
-			tc := tls.Server(conn, l.cfg)
-			ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
-			err := tc.HandshakeContext(ctx)
-			cancel()
+			// The deadline stays until the MQTT CONNECT: the broker sets its own then.
+			tc, err := handshake(conn, l.cfg, l.timeout)
 			if err != nil {
 				l.admit.done(remote)
 				l.log.Debug("mqtt tls handshake failed", "remote", remote, "err", err)
-				conn.Close()
 				return
 			}
 			if err := establish(l.id, tc); err != nil {

@@ -11,8 +11,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/tern-iot/tern/internal/loopback"
 	"github.com/tern-iot/tern/internal/server"
-	"github.com/tern-iot/tern/internal/testnet"
 )
 
 // startMosquitto runs Debian's mosquitto on a loopback port with the files the
@@ -68,7 +68,7 @@ log_dest stdout
 	})
 }
 
-func freeAddr(t *testing.T) string { return testnet.LaterAddr(t) }
+func freeAddr(t *testing.T) string { return loopback.TestAddr(t) }
 
 // TestExternalMosquittoBroker runs the server against Debian's Mosquitto instead of
 // the embedded broker: a device enrolls, connects to Mosquitto, and the server

@@ -25,7 +25,7 @@ func TestMain(m *testing.M) { os.Exit(storetest.Main(m, &pg)) }
 
 // env is one running server and an admin client for it.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	dir   string
 	db    string
 	srv   *server.Server
@@ -34,7 +34,7 @@ type env struct {
 	http  *http.Client
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("TERN_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -42,11 +42,11 @@ func testLogger(t *testing.T) *slog.Logger {
 }
 
 // start runs a server on loopback with SQLite in a temporary directory.
-func start(t *testing.T) *env {
+func start(t testing.TB) *env {
 	return startWith(t, t.TempDir(), "")
 }
 
-func startWith(t *testing.T, dir, db string) *env {
+func startWith(t testing.TB, dir, db string) *env {
 	t.Helper()
 	e := &env{t: t, dir: dir, db: db}
 	e.boot()
@@ -195,7 +195,7 @@ func (d *device) stop() {
 }
 
 // waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {

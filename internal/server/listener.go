@@ -42,7 +42,7 @@ func newHandshakeListener(ln net.Listener, cfg *tls.Config, timeout time.Duratio
 
 func (l *handshakeListener) run(n int) {
 	slots := make(chan struct{}, n)
-	var delay time.Duration
+	var retry acceptRetry
 	for {
 		select {
 		case slots <- struct{}{}:
@@ -61,24 +61,15 @@ func (l *handshakeListener) run(n int) {
 				l.stop()
 				return
 			}
-			// Out of descriptors (EMFILE) or an aborted connection: wait and
-			// accept again, as net/http does.
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			l.log.Warn("https accept failed; retrying", "err", err, "in", delay)
-			time.Sleep(delay)
+			retry.wait(l.log, "https", err)
 			continue
 		}
-		delay = 0
+		retry.reset()
 		go func() {
-			conn.SetDeadline(time.Now().Add(l.timeout))
-			tc := tls.Server(conn, l.cfg)
-			ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
-			err := tc.HandshakeContext(ctx)
-			cancel()
+			tc, err := handshake(conn, l.cfg, l.timeout)
 			<-slots
 			if err != nil {
 				l.log.Debug("https tls handshake failed", "remote", conn.RemoteAddr().String(), "err", err)
-				conn.Close()
 				return
 			}
 			conn.SetDeadline(time.Time{})
@@ -108,3 +99,31 @@ func (l *handshakeListener) Close() error {
 }
 
 func (l *handshakeListener) stop() { l.once.Do(func() { close(l.done) }) }
+
+// handshake runs conn's TLS handshake as the server, bounded by timeout (the
+// connection's deadline, which it leaves set). On failure it closes conn.
+func handshake(conn net.Conn, cfg *tls.Config, timeout time.Duration) (*tls.Conn, error) {
+	conn.SetDeadline(time.Now().Add(timeout))
+	tc := tls.Server(conn, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return tc, nil
+}
+
+// acceptRetry is what the server's listeners do after an accept error that is
+// not their closing - out of descriptors (EMFILE), a connection aborted before
+// it was accepted: wait, 5 ms doubling to 1 s, and accept again, as net/http
+// does. Returning would stop the listener taking any connection, for good.
+type acceptRetry struct{ delay time.Duration }
+
+func (r *acceptRetry) wait(log *slog.Logger, listener string, err error) {
+	r.delay = min(max(2*r.delay, 5*time.Millisecond), time.Second)
+	log.Warn(listener+" accept failed; retrying", "err", err, "in", r.delay)
+	time.Sleep(r.delay)
+}
+
+func (r *acceptRetry) reset() { r.delay = 0 }

@@ -239,6 +239,14 @@ func (s *Store) RenewDesired(ctx context.Context, horizon, now time.Time, ttl ti
 	if err != nil {
 		return nil, err
 	}
+	return s.reissue(ctx, ids, now, ttl, sign, func(prev DesiredState) bool { return prev.ExpiresAt.Before(horizon) })
+}
+
+// reissue gives each active device of ids, one transaction each, the next
+// version of its document with the same target, when still needed (as need says
+// of its current document once locked: another writer may have re-issued it
+// meanwhile). The new document takes the account's policy as it stands.
+func (s *Store) reissue(ctx context.Context, ids []string, now time.Time, ttl time.Duration, sign SignFunc, need func(prev DesiredState) bool) ([]Publication, error) {
 	var pubs []Publication
 	for _, id := range ids {
 		err := s.tx(ctx, func(tx *sql.Tx) (bool, error) {
@@ -247,10 +255,12 @@ func (s *Store) RenewDesired(ctx context.Context, horizon, now time.Time, ttl ti
 				return false, err
 			}
 			prev, err := s.lockDesired(ctx, tx, d.AccountID, id, now)
-			if err != nil || !prev.ExpiresAt.Before(horizon) {
+			if err != nil || !need(prev) {
 				return false, err
 			}
-			pub, err := s.writeDesired(ctx, tx, prev, DesiredChange{Account: d.AccountID, Device: id, Target: prev.Target, Now: now, TTL: ttl, Sign: sign}, false)
+			// A device without a document gets its first: a new target (an empty one).
+			pub, err := s.writeDesired(ctx, tx, prev, DesiredChange{Account: d.AccountID, Device: id, Target: prev.Target, Now: now, TTL: ttl, Sign: sign},
+				prev.Version == 0)
 			if err == nil {
 				pubs = append(pubs, pub)
 			}
@@ -284,29 +294,8 @@ func (s *Store) SyncDevModePolicy(ctx context.Context, now time.Time, ttl time.D
 	if err != nil {
 		return nil, err
 	}
-	var pubs []Publication
-	for _, id := range ids {
-		err := s.tx(ctx, func(tx *sql.Tx) (bool, error) {
-			d, err := s.device(ctx, tx, "", id)
-			if err != nil || d.Status != StatusActive {
-				return false, err
-			}
-			prev, err := s.lockDesired(ctx, tx, d.AccountID, id, now)
-			if err != nil {
-				return false, err
-			}
-			pub, err := s.writeDesired(ctx, tx, prev, DesiredChange{Account: d.AccountID, Device: id, Target: prev.Target, Now: now, TTL: ttl, Sign: sign},
-				prev.Version == 0)
-			if err == nil {
-				pubs = append(pubs, pub)
-			}
-			return false, err
-		})
-		if err != nil {
-			return pubs, err
-		}
-	}
-	return pubs, nil
+	// A device re-issued meanwhile by another writer gets one more version: harmless.
+	return s.reissue(ctx, ids, now, ttl, sign, func(DesiredState) bool { return true })
 }
 
 // Unpublished returns documents not yet taken by the broker (all documents of

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tern-iot/tern/internal/testnet"
+	"github.com/tern-iot/tern/internal/loopback"
 )
 
 // fleetServer is one `tern server` process on loopback ports, and the
@@ -45,7 +45,7 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
-func loopbackAddr(t *testing.T) string { return testnet.LaterAddr(t) }
+func loopbackAddr(t *testing.T) string { return loopback.TestAddr(t) }
 
 func startFleetServer(t *testing.T, dir string) *fleetServer {
 	t.Helper()

@@ -80,7 +80,7 @@ type Options struct {
 	FailRate     float64       // share of devices on which the update fails (rolled back)
 	Success      string        // a phase's success threshold (default 100%, less with FailRate)
 	MaxFailures  string        // the campaign's failure threshold (default 0, more with FailRate)
-	CloseIdle    bool          // devices close their HTTPS connections after a download (ternd keeps them)
+	CloseIdle    bool          // devices close their HTTPS connections after a download, as ternd does
 
 	Timeout  time.Duration // bounds the whole run (default 20m)
 	Progress io.Writer     // progress lines (default none)

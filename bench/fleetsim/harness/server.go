@@ -2,20 +2,18 @@ package harness
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" driver, to create the database
+	"github.com/tern-iot/tern/internal/loopback"
+	"github.com/tern-iot/tern/internal/pgcluster"
 )
 
 // ternServer is a `tern server` process the harness started.
@@ -31,23 +29,14 @@ type ternServer struct {
 	stopOnce bool
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 // startServer runs `tern server` on loopback with its data in dir (db: "" for
 // SQLite, or a postgres:// URL), and waits until it serves.
 func startServer(ctx context.Context, tern, dir, db string, extra []string) (*ternServer, error) {
-	hp, err := freePort()
+	hp, err := loopback.LaterPort()
 	if err != nil {
 		return nil, err
 	}
-	mp, err := freePort()
+	mp, err := loopback.LaterPort()
 	if err != nil {
 		return nil, err
 	}
@@ -125,124 +114,37 @@ func (s *ternServer) stop() {
 	}
 }
 
-// postgres is a throwaway PostgreSQL cluster (Debian's binaries, initdb into a
-// directory, loopback only), run durably (fsync and synchronous commits on, as in
-// production; internal/store/storetest turns them off for speed).
-type postgres struct {
-	dir  string
-	port int
-	cmd  *exec.Cmd
-	done chan struct{}
-}
+// postgres is the harness's throwaway PostgreSQL cluster, run durably (fsync and
+// synchronous commits on, as in production; internal/store/storetest turns them
+// off for speed), with an empty database "tern" for the server.
+type postgres struct{ c *pgcluster.Cluster }
 
-func findPGBin(name string) (string, error) {
-	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/" + name)
-	if len(matches) > 0 {
-		return matches[len(matches)-1], nil
-	}
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	return "", errors.New("postgresql is not installed (apt-get install postgresql)")
-}
-
+// startPostgres starts the cluster in dir, its log next to dir.
 func startPostgres(dir string) (*postgres, error) {
-	initdb, err := findPGBin("initdb")
+	c, err := pgcluster.Start(pgcluster.Options{
+		Dir:      dir,
+		Durable:  true,
+		Settings: []string{"max_connections=100", "shared_buffers=256MB"},
+		LogPath:  filepath.Join(filepath.Dir(dir), "postgres.log"),
+	})
 	if err != nil {
 		return nil, err
 	}
-	pgBin, err := findPGBin("postgres")
-	if err != nil {
+	if err := c.CreateDatabase(context.Background(), "tern"); err != nil {
+		c.Stop()
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	asUser := func(name string, args ...string) *exec.Cmd { return exec.Command(name, args...) }
-	if os.Geteuid() == 0 { // initdb refuses root: run the cluster as postgres
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return nil, fmt.Errorf("running as root needs the postgres user: %w", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		if err := os.Chown(dir, uid, gid); err != nil {
-			return nil, err
-		}
-		asUser = func(name string, args ...string) *exec.Cmd {
-			return exec.Command("runuser", append([]string{"-u", "postgres", "--", name}, args...)...)
-		}
-	}
-	data := filepath.Join(dir, "data")
-	if out, err := asUser(initdb, "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8").CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("initdb: %v\n%s", err, out)
-	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	p := &postgres{dir: dir, port: port, done: make(chan struct{})}
-	p.cmd = asUser(pgBin, "-D", data, "-p", strconv.Itoa(port), "-k", dir, "-c", "listen_addresses=127.0.0.1",
-		"-c", "max_connections=100", "-c", "shared_buffers=256MB")
-	logf, err := os.Create(filepath.Join(filepath.Dir(dir), "postgres.log"))
-	if err == nil {
-		p.cmd.Stdout, p.cmd.Stderr = logf, logf
-	}
-	if err := p.cmd.Start(); err != nil {
-		return nil, err
-	}
-	go func() { p.cmd.Wait(); close(p.done) }()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		db, err := sql.Open("pgx", p.url("postgres"))
-		if err == nil {
-			err = db.Ping()
-			if err == nil {
-				_, err = db.Exec("CREATE DATABASE tern")
-			}
-			db.Close()
-		}
-		if err == nil {
-			return p, nil
-		}
-		if time.Now().After(deadline) {
-			p.stop()
-			return nil, fmt.Errorf("postgres did not start: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return &postgres{c: c}, nil
 }
 
-func (p *postgres) url(db string) string {
-	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", p.port, db)
-}
+func (p *postgres) url(db string) string { return p.c.URL(db) }
 
 // pid is the postmaster's (runuser's child).
-func (p *postgres) pid() int {
-	data, err := os.ReadFile(filepath.Join(p.dir, "data", "postmaster.pid"))
-	if err != nil {
-		return 0
-	}
-	first, _, _ := strings.Cut(string(data), "\n")
-	n, _ := strconv.Atoi(strings.TrimSpace(first))
-	return n
-}
+func (p *postgres) pid() int { return p.c.PID() }
 
 // stop shuts the cluster down fast (SIGINT to the postmaster).
 func (p *postgres) stop() {
-	if p == nil || p.cmd == nil || p.cmd.Process == nil {
-		return
-	}
-	if pid := p.pid(); pid > 0 {
-		syscall.Kill(pid, syscall.SIGINT)
-	}
-	select {
-	case <-p.done:
-	case <-time.After(20 * time.Second):
-		if pid := p.pid(); pid > 0 {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-		p.cmd.Process.Kill()
-		<-p.done
+	if p != nil {
+		p.c.Stop()
 	}
 }

@@ -78,7 +78,7 @@ func main() {
 	flag.Float64Var(&o.FailRate, "fail", 0, "share of devices (0..1) on which the update fails and rolls back")
 	flag.StringVar(&o.Success, "success", "", "phase success threshold (default 100%, lower with -fail)")
 	flag.StringVar(&o.MaxFailures, "max-failures", "", "campaign failure threshold (default 0, higher with -fail)")
-	flag.BoolVar(&closeIdle, "close-idle", false, "devices close their HTTPS connections after a download (ternd leaves them to the server's idle timeout)")
+	flag.BoolVar(&closeIdle, "close-idle", true, "devices close their HTTPS connections after a download, as ternd does (false: leave them to the server's idle timeout)")
 	flag.DurationVar(&o.Timeout, "timeout", 0, "bound on the whole run (default 20m; quick: 2m)")
 	flag.StringVar(&jsonOut, "json", "", "also write the report as JSON to this file")
 	// The device-only mode.
