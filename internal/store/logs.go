@@ -43,7 +43,7 @@ func (s *Store) AddLogs(ctx context.Context, device string, batch link.LogBatch,
 		return nil
 	}
 	// The transaction wakes followers (Changed) once the lines are committed.
-	return s.tx(ctx, func(tx *sql.Tx) (bool, error) {
+	return s.deviceTx(ctx, func(ctx context.Context, tx *sql.Tx) (bool, error) {
 		stmt, err := tx.PrepareContext(ctx, s.q(`INSERT INTO device_logs (device_id, at, app, version, stream, level, line, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`))
 		if err != nil {
 			return false, err

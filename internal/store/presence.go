@@ -14,7 +14,7 @@ import (
 // same name, so an offline that arrives after the next connection's online (a race
 // the broker does not order) is recognised as stale and ignored.
 func (s *Store) Online(ctx context.Context, id, session, remote string, now time.Time) (changed bool, err error) {
-	err = s.tx(ctx, func(tx *sql.Tx) (bool, error) {
+	err = s.deviceTx(ctx, func(ctx context.Context, tx *sql.Tx) (bool, error) {
 		d, err := s.device(ctx, tx, "", id)
 		if err != nil {
 			return false, err
@@ -50,7 +50,7 @@ func (s *Store) Online(ctx context.Context, id, session, remote string, now time
 // Offline records that session ended. An offline for any other session than the
 // device's current one changes nothing.
 func (s *Store) Offline(ctx context.Context, id, session string, now time.Time) (changed bool, err error) {
-	err = s.tx(ctx, func(tx *sql.Tx) (bool, error) {
+	err = s.deviceTx(ctx, func(ctx context.Context, tx *sql.Tx) (bool, error) {
 		d, err := s.device(ctx, tx, "", id)
 		if err != nil {
 			return false, err
@@ -112,7 +112,7 @@ func (s *Store) Report(ctx context.Context, id string, doc json.RawMessage, now 
 	if err := json.Compact(&compact, doc); err != nil {
 		return false, err
 	}
-	err = s.tx(ctx, func(tx *sql.Tx) (bool, error) {
+	err = s.deviceTx(ctx, func(ctx context.Context, tx *sql.Tx) (bool, error) {
 		d, err := s.device(ctx, tx, "", id)
 		if err != nil {
 			return false, err

@@ -48,7 +48,7 @@ func statusRank(s string) int {
 // in the account's log, all in one transaction.
 func (s *Store) RecordDeviceEvent(ctx context.Context, device string, ev link.EventMessage, now time.Time) (ReportResult, error) {
 	var res ReportResult
-	err := s.tx(ctx, func(tx *sql.Tx) (bool, error) {
+	err := s.deviceTx(ctx, func(ctx context.Context, tx *sql.Tx) (bool, error) {
 		res = ReportResult{}
 		d, err := s.device(ctx, tx, "", device)
 		if err != nil {

@@ -69,6 +69,9 @@ type Store struct {
 	// (a fleet reconnecting at once) writers slept most of the time and readers
 	// found no connection.
 	writeLock chan struct{}
+	// committer groups device messages into shared transactions on SQLite
+	// (groupcommit.go); nil on PostgreSQL.
+	committer *committer
 }
 
 // Open opens (creating if needed) the database named by dsn and brings its schema up
@@ -123,11 +126,19 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: migrate: %w", err)
 	}
+	if dialect == SQLite {
+		s.committer = startCommitter(s)
+	}
 	return s, nil
 }
 
-// Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+// Close closes the database (after the device messages being committed).
+func (s *Store) Close() error {
+	if s.committer != nil {
+		s.committer.close()
+	}
+	return s.db.Close()
+}
 
 // Dialect reports which engine this Store uses.
 func (s *Store) Dialect() Dialect { return s.dialect }
