@@ -219,9 +219,11 @@ func bootOrder(recs []*AppRecord) []*AppRecord {
 	return out
 }
 
+// waitStarted returns once s has left its starting state (the container runs,
+// or its start failed), or s ended, or ctx did.
 func waitStarted(ctx context.Context, s *supervisor) {
 	for {
-		state, _, _, _, _ := s.status()
+		state, changed := s.stateChange()
 		if state != StateFailed {
 			return
 		}
@@ -230,7 +232,7 @@ func waitStarted(ctx context.Context, s *supervisor) {
 			return
 		case <-s.done:
 			return
-		case <-time.After(20 * time.Millisecond):
+		case <-changed:
 		}
 	}
 }

@@ -64,6 +64,9 @@ type supervisor struct {
 	startedAt    time.Time
 	health       healthTracker
 	nextStart    time.Time
+	// changed is closed, and replaced, whenever state changes: waitStarted
+	// answers the moment the container is up instead of polling.
+	changed chan struct{}
 }
 
 func newSupervisor(a *Agent, rec *AppRecord) *supervisor {
@@ -71,7 +74,7 @@ func newSupervisor(a *Agent, rec *AppRecord) *supervisor {
 		a: a, rec: rec, id: containerID(rec.Name(), rec.Version()),
 		log:  a.log.With("app", rec.Name(), "version", rec.Version()),
 		stop: make(chan struct{}), done: make(chan struct{}),
-		state: StateFailed,
+		state: StateFailed, changed: make(chan struct{}),
 	}
 	if h := rec.Package.App.Health; h != nil {
 		s.health.retries = h.Retries
@@ -90,7 +93,21 @@ func (s *supervisor) status() (state string, pid int, started time.Time, health 
 func (s *supervisor) set(state string, pid int, started time.Time) {
 	s.mu.Lock()
 	s.state, s.pid, s.startedAt = state, pid, started
+	s.changedLocked()
 	s.mu.Unlock()
+}
+
+// changedLocked wakes whoever waits for a change of state. Callers hold s.mu.
+func (s *supervisor) changedLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// stateChange returns the state and a channel closed at its next change.
+func (s *supervisor) stateChange() (string, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state, s.changed
 }
 
 // halt asks the supervisor to stop the container (SIGTERM, the app's grace period,
@@ -162,6 +179,7 @@ func (s *supervisor) run(ctx context.Context, adopt bool) {
 		delay := min(s.a.backoffBase<<min(consecutive-1, 20), backoffCap)
 		s.mu.Lock()
 		s.state, s.pid, s.nextStart = StateBackoff, 0, now.Add(delay)
+		s.changedLocked()
 		s.mu.Unlock()
 		select {
 		case <-time.After(delay):
