@@ -127,7 +127,7 @@ func (m *monitor) run() int {
 		m.sync = os.NewFile(uintptr(m.syncFD), "sync")
 	}
 
-	// Orphans of runc create, the container's init among them, become our
+	// Orphans of runc run, the container's init among them, become our
 	// children: we can reap the init and read its exit status.
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return m.fail(errors.New("set child subreaper: " + err.Error()))
@@ -147,22 +147,21 @@ func (m *monitor) run() int {
 	}
 	defer lw.Close()
 
+	// OOM kills are counted from before the container runs (its cgroup is
+	// usually new: none).
+	oomBefore, _ := OOMKillCount(m.Cgroup)
 	outR, errR, initPid, err := m.create()
 	if err != nil {
 		return m.fail(err)
 	}
+	status := ExitStatus{StartedAt: time.Now().UTC()}
 	initStart, _, err := ProcStat(initPid)
 	if err != nil {
-		return m.fail(errors.New("container init: " + err.Error()))
-	}
-	oomBefore, _ := OOMKillCount(m.Cgroup)
-	if out, err := m.runcCmd("start", m.ID); err != nil {
 		unix.Kill(initPid, unix.SIGKILL)
 		m.reap(initPid)
 		m.runcCmd("delete", "--force", m.ID)
-		return m.fail(errors.New("runc start: " + err.Error() + ": " + string(out)))
+		return m.fail(errors.New("container init: " + err.Error()))
 	}
-	status := ExitStatus{StartedAt: time.Now().UTC()}
 	rec.InitPid, rec.InitStart, rec.StartedAt = initPid, initStart, status.StartedAt
 	if err := WriteRecord(m.path(RecordFile), rec, false); err != nil {
 		logf("record start: ", err.Error()) // the container runs: keep it
@@ -246,8 +245,11 @@ func closeInherited(keep int) {
 	}
 }
 
-// create runs runc create with the container's stdio on pipes and returns
-// their read ends and the pid of the container's init.
+// create runs the container - `runc run --detach`, one runc process where
+// create and start took two (~15 ms less to start an app) - with its stdio on
+// pipes, and returns their read ends and the pid of the container's init. As a
+// child subreaper the monitor inherits the init when runc exits; an init that
+// has already exited stays a zombie until reap, so its /proc entry is there.
 func (m *monitor) create() (stdout, stderr *os.File, pid int, err error) {
 	outR, outW, err := os.Pipe()
 	if err != nil {
@@ -269,7 +271,7 @@ func (m *monitor) create() (stdout, stderr *os.File, pid int, err error) {
 	}
 	defer devNull.Close()
 	pidFile := m.path(initPidFile)
-	cmd := m.runcCommand("create", "--bundle", m.Bundle, "--pid-file", pidFile, m.ID)
+	cmd := m.runcCommand("run", "--detach", "--bundle", m.Bundle, "--pid-file", pidFile, m.ID)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devNull, outW, errW
 	err = cmd.Run()
 	outW.Close() // the container holds its own copies
@@ -282,7 +284,7 @@ func (m *monitor) create() (stdout, stderr *os.File, pid int, err error) {
 		msg, _ := io.ReadAll(io.LimitReader(errR, 4096))
 		outR.Close()
 		errR.Close()
-		return nil, nil, 0, errors.New("runc create: " + err.Error() + ": " + string(bytes.TrimSpace(msg)))
+		return nil, nil, 0, errors.New("runc run: " + err.Error() + ": " + string(bytes.TrimSpace(msg)))
 	}
 	b, err := os.ReadFile(pidFile)
 	if err == nil {
@@ -292,7 +294,7 @@ func (m *monitor) create() (stdout, stderr *os.File, pid int, err error) {
 		outR.Close()
 		errR.Close()
 		m.runcCmd("delete", "--force", m.ID)
-		return nil, nil, 0, errors.New("runc create: pid file: " + err.Error())
+		return nil, nil, 0, errors.New("runc run: pid file: " + err.Error())
 	}
 	return outR, errR, pid, nil
 }
