@@ -13,7 +13,7 @@ import (
 )
 
 // BenchmarkStartLatency measures Runtime.Start of a long-running process:
-// config written, monitor spawned, runc create and start, until the
+// config written, monitor spawned, runc run --detach, until the
 // process runs. Stopping and removing are not timed.
 func BenchmarkStartLatency(b *testing.B) {
 	rt, _ := newRuntime(b)

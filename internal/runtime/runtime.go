@@ -7,8 +7,8 @@
 // the container by default.
 //
 // Start spawns the monitor (package monitor, binary cmd/tern-monitor) in a
-// session of its own. The monitor is a child subreaper: it runs runc create
-// and runc start, becomes the parent of the container's init, holds its
+// session of its own. The monitor is a child subreaper: it runs `runc run
+// --detach`, becomes the parent of the container's init, holds its
 // stdout and stderr, and on exit records exit.json in the container's state
 // directory (Config.StateDir/<id>/) before it exits itself. This package
 // only reads what monitors record, and judges liveness by pid, process

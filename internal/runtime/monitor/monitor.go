@@ -3,8 +3,8 @@
 // records it leaves in the container's state directory for ternd to read.
 //
 // The monitor runs in a session of its own and is a child subreaper: it
-// runs `runc create` with the container's stdout and stderr on pipes it
-// holds, then `runc start`, writes Record and reports the init's pid to
+// runs `runc run --detach` with the container's stdout and stderr on pipes
+// it holds, writes Record and reports the init's pid to
 // ternd on a descriptor; then it timestamps each output line into the
 // app's log (see LogConfig), reaps the init, reads the cgroup's OOM kill
 // count, runs `runc delete`, writes ExitStatus and exits. ternd may restart

@@ -20,7 +20,7 @@ const (
 	ExitFile    = "exit.json"    // ExitStatus
 	RuncLogFile = "runc.log"     // runc's own log (--log), for diagnosis
 	LogFile     = "monitor.log"  // the monitor's stderr, for diagnosis
-	initPidFile = "init.pid"     // runc create --pid-file
+	initPidFile = "init.pid"     // runc run --pid-file
 )
 
 // Record is monitor.json. The monitor writes it twice: first thing after it
