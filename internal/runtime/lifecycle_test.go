@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -381,5 +382,61 @@ func TestMonitorDropsInheritedDescriptors(t *testing.T) {
 	r.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if n, err := r.Read(make([]byte, 1)); err != io.EOF {
 		t.Errorf("read %d, %v: want EOF, the monitor or container still holds the pipe", n, err)
+	}
+}
+
+// TestExitedMonitorsAreReapedWithoutAThreadEach: monitors are reaped when they
+// exit (no zombie stays behind), and waiting for them does not hold an OS
+// thread per running container.
+func TestExitedMonitorsAreReapedWithoutAThreadEach(t *testing.T) {
+	rt, _ := newRuntime(t)
+	// Threads of this process blocked in waitid (what exec.Cmd.Wait and
+	// os.Process.Wait do, for as long as the child lives).
+	inWaitid := func() int {
+		tasks, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, task := range tasks {
+			data, err := os.ReadFile("/proc/self/task/" + task.Name() + "/syscall")
+			if err == nil && strings.HasPrefix(string(data), strconv.Itoa(unix.SYS_WAITID)+" ") {
+				n++
+			}
+		}
+		return n
+	}
+	var monitors []int
+	var ids []string
+	before := inWaitid()
+	for range 8 {
+		s := baseSpec(t, "/bin/sh", "-c", "sleep 1000")
+		st := start(t, rt, s, LogConfig{})
+		monitors, ids = append(monitors, st.MonitorPid), append(ids, s.ID)
+	}
+	if after := inWaitid(); after > before {
+		t.Errorf("threads blocked in waitid: %d -> %d with 8 containers running", before, after)
+	}
+	for _, id := range ids {
+		if err := rt.Kill(testContext(t), id, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rt.Wait(testContext(t), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, pid := range monitors {
+		for {
+			data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+			if err != nil { // exited and reaped
+				break
+			}
+			if time.Now().After(deadline) {
+				// "Z": exited and not reaped; anything else: still running.
+				t.Fatalf("monitor %d not gone 10 s after its container exited: %s", pid, data)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 }

@@ -99,9 +99,11 @@ func (r *Runtime) spawnMonitor(ctx context.Context, id, bundle, cgroup string, l
 	if err != nil {
 		return 0, fmt.Errorf("monitor: %w", err)
 	}
-	// ternd reaps the monitor while it lives; a successor ternd does not
-	// need to (the monitor is then init's child) and follows it by pidfd.
-	go cmd.Wait()
+	// ternd reaps the monitor when it exits (reap.go); a successor ternd does
+	// not need to (the monitor is then init's child) and follows it by pidfd.
+	pid := cmd.Process.Pid
+	cmd.Process.Release()
+	reapWhenExited(pid)
 
 	stop := context.AfterFunc(ctx, func() { syncR.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
