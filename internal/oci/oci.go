@@ -140,7 +140,7 @@ func Decompress(r io.Reader, mediaType string) (io.ReadCloser, error) {
 		}
 		return zr, nil
 	case MediaTypeLayerZstd:
-		zr, err := zstd.NewReader(r, zstd.WithDecoderMaxWindow(MaxZstdWindow))
+		zr, err := zstd.NewReader(r, zstd.WithDecoderMaxWindow(MaxZstdWindow), zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
 		if err != nil {
 			return nil, fmt.Errorf("zstd layer: %w", err)
 		}
