@@ -139,7 +139,8 @@ func (a *Agent) EnableDev(ctx context.Context) (DevStatus, error) {
 // accepted desired-state document carries it: deny turns developer mode off
 // (closing the LAN API, dropping any pairing code) and refuses it from then on;
 // no policy lifts the refusal (developer mode stays off until enabled locally).
-func (a *Agent) ApplyDevModePolicy(ctx context.Context, deny bool) {
+// An error means the policy could not be stored.
+func (a *Agent) ApplyDevModePolicy(ctx context.Context, deny bool) error {
 	wasEnabled, changed := false, false
 	err := a.store.updateDevState(func(st *devState, _ *bolt.Bucket) error {
 		if st.Denied == deny && (!deny || !st.Enabled) {
@@ -153,11 +154,10 @@ func (a *Agent) ApplyDevModePolicy(ctx context.Context, deny bool) {
 		return nil
 	})
 	if err != nil {
-		a.log.Error("developer-mode policy", "err", err)
-		return
+		return err
 	}
 	if !changed {
-		return
+		return nil
 	}
 	switch {
 	case wasEnabled:
@@ -171,6 +171,7 @@ func (a *Agent) ApplyDevModePolicy(ctx context.Context, deny bool) {
 		a.log.Info("developer mode allowed again by the account's policy")
 		a.event(Event{Kind: "devmode", To: "allowed", Message: "developer mode allowed by the account's policy"})
 	}
+	return nil
 }
 
 // DisableDev turns developer mode off. From the transaction's commit, no

@@ -114,6 +114,24 @@ type desiredRecord struct {
 	// rebooted into it, and the document, delivered again, must report how that
 	// ended rather than start it over.
 	OSTried bool `json:"os_tried,omitempty"`
+	// Target identifies what the document asks for (targetKey). A newer
+	// document with the same target - the server renewing its expiry, or
+	// re-issuing it to carry the account's policy - is not carried out again:
+	// an update that rolled back is not retried behind the operator's back,
+	// and an OS trial is not started over.
+	Target string `json:"target,omitempty"`
+}
+
+// targetKey identifies a document's target: its packages, campaign and release.
+func targetKey(d *link.Desired) string {
+	b, _ := json.Marshal(struct {
+		Apps     []link.DesiredPackage `json:"apps"`
+		OS       *link.DesiredPackage  `json:"os"`
+		Campaign string                `json:"campaign"`
+		Release  string                `json:"release"`
+	}{d.Apps, d.OS, d.Campaign, d.Release})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
 var keyDesired = []byte("desired")
@@ -164,10 +182,25 @@ func (a *Agent) reconcile(ctx context.Context, mg *manager, payload []byte) {
 		return
 	}
 	// The account's policy holds from the moment the document is accepted,
-	// whatever becomes of its apps.
-	a.ApplyDevModePolicy(ctx, d.DevMode == link.DevModeDeny)
-	osTried := rec.Version == d.Version && rec.OSTried
-	if err := a.store.saveDesired(desiredRecord{Version: d.Version, Campaign: d.Campaign, OSTried: osTried}); err != nil {
+	// whatever becomes of its apps. If it cannot be stored, the document is
+	// not taken: it is taken again at its next delivery.
+	if err := a.ApplyDevModePolicy(ctx, d.DevMode == link.DevModeDeny); err != nil {
+		a.log.Error("desired state: developer-mode policy", "err", err)
+		return
+	}
+	target := targetKey(d)
+	sameTarget := rec.Target != "" && rec.Target == target
+	if sameTarget && rec.Done {
+		// Renewed or re-issued: carried out already (applied or rolled back,
+		// and reported). Only its version is new.
+		if err := a.store.saveDesired(desiredRecord{Version: d.Version, Campaign: d.Campaign, Target: target, Done: true}); err != nil {
+			a.log.Error("desired state", "err", err)
+		}
+		a.log.Debug("desired state renewed: same target, already carried out", "version", d.Version)
+		return
+	}
+	osTried := (rec.Version == d.Version || sameTarget) && rec.OSTried
+	if err := a.store.saveDesired(desiredRecord{Version: d.Version, Campaign: d.Campaign, Target: target, OSTried: osTried}); err != nil {
 		a.log.Error("desired state", "err", err)
 		return
 	}
@@ -195,7 +228,7 @@ func (a *Agent) reconcile(ctx context.Context, mg *manager, payload []byte) {
 		return
 	}
 	report(state, err)
-	if err := a.store.saveDesired(desiredRecord{Version: d.Version, Campaign: d.Campaign, Done: true}); err != nil {
+	if err := a.store.saveDesired(desiredRecord{Version: d.Version, Campaign: d.Campaign, Target: target, Done: true}); err != nil {
 		a.log.Error("desired state", "err", err)
 	}
 }

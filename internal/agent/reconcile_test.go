@@ -323,3 +323,49 @@ func TestReconcileOSUpdateReportsItsOutcomeAfterTheReboot(t *testing.T) {
 		})
 	}
 }
+
+// TestRenewedDocumentIsNotCarriedOutAgain: the server renews a document (same
+// target, new version and expiry) or re-issues it to carry the account's policy.
+// An update that rolled back is not retried by that, and nothing is reported
+// for the new version: its outcome is the one already reported.
+func TestRenewedDocumentIsNotCarriedOutAgain(t *testing.T) {
+	r := newManagedRig(t)
+	root := helloRoot(t)
+	v1 := r.srv.add(t, helloV(t, r.e, root, "1.0.0", "one", ""))
+	bad := r.srv.add(t, pkg(t, r.e.key, root, "name: hello\nversion: 2.0.0\nprobation: 1s\nstop_timeout: 1s\ncommand: [\"/no/such/program\"]\n"))
+	r.offer(t, link.DesiredPackage{Name: "hello", Version: "1.0.0", Manifest: v1})
+	if ev := r.outcome(t, 1); ev.State != link.DesiredApplied {
+		t.Fatalf("outcome %+v", ev)
+	}
+	r.offer(t, link.DesiredPackage{Name: "hello", Version: "2.0.0", Manifest: bad})
+	if ev := r.outcome(t, 2); ev.State != link.DesiredRolledBack {
+		t.Fatalf("outcome %+v", ev)
+	}
+	fetched := len(r.srv.fetched)
+	evs, _ := r.e.agent.Events(0)
+	before := len(evs)
+
+	// Version 3: the same target, renewed; then version 4 carries the policy.
+	r.offer(t, link.DesiredPackage{Name: "hello", Version: "2.0.0", Manifest: bad})
+	waitFor(t, "version 3 accepted", 10*time.Second, func() bool { v, done := r.e.agent.DesiredVersion(); return v == 3 && done })
+	r.version++
+	env, _ := link.SignDesired(&link.Desired{Device: "dev-1", Version: r.version, Expires: time.Now().Add(time.Hour), Campaign: "c1",
+		Apps: []link.DesiredPackage{{Name: "hello", Version: "2.0.0", Manifest: bad}}, DevMode: link.DevModeDeny}, r.director)
+	r.e.agent.OfferDesired(env)
+	waitFor(t, "version 4 accepted", 10*time.Second, func() bool { v, done := r.e.agent.DesiredVersion(); return v == 4 && done })
+	if st, _ := r.e.agent.DevStatus(); !st.Denied {
+		t.Fatalf("the policy of version 4 was not applied: %+v", st)
+	}
+	evs, _ = r.e.agent.Events(0)
+	for _, ev := range evs[before:] {
+		if ev.Kind == link.EventDesired || ev.Kind == "update" || ev.Kind == "install" {
+			t.Errorf("after a renewal: %+v", ev)
+		}
+	}
+	if st := r.e.status("hello"); st.Version != "1.0.0" {
+		t.Fatalf("hello %+v", st)
+	}
+	if len(r.srv.fetched) != fetched {
+		t.Fatalf("a renewal downloaded again: %v", r.srv.fetched)
+	}
+}

@@ -290,9 +290,10 @@ func (r *Runtime) remove(ctx context.Context, id string) error {
 	}
 	// The monitor deletes runc's state when it records the exit; it is
 	// left over only when the monitor died. Its processes are gone (the
-	// init is not alive, and the pid namespace died with it): if runc
-	// cannot make sense of its state (a reboot, a lost cgroup), the state
-	// is only files.
+	// init is not alive, and the pid namespace died with it) - or, for a
+	// monitor that died between runc run and recording the init, still
+	// running, which delete --force ends: if runc cannot make sense of its
+	// state (a reboot, a lost cgroup), the state is only files.
 	if runcState := filepath.Join(r.runcRoot, id); fileExists(runcState) {
 		if _, err := r.runcOutput(ctx, "delete", "--force", id); err != nil && fileExists(runcState) {
 			if err := os.RemoveAll(runcState); err != nil {

@@ -66,14 +66,16 @@ func (r *runner) syncPolicy(ctx context.Context) {
 		now := r.s.now()
 		pubs, err := r.s.store.SyncDevModePolicy(ctx, now, r.s.cfg.DesiredTTL, r.s.signing(ctx).Sign, batch)
 		r.s.pub.publish(ctx, pubs)
+		if len(pubs) > 0 {
+			r.s.log.Info("desired states re-issued for the developer-mode policy", "devices", len(pubs))
+		}
 		if err != nil {
+			// The devices that failed are tried again at the next housekeeping;
+			// the others of the batch got their documents.
 			if ctx.Err() == nil {
 				r.s.log.Warn("developer-mode policy", "err", err)
 			}
 			return
-		}
-		if len(pubs) > 0 {
-			r.s.log.Info("desired states re-issued for the developer-mode policy", "devices", len(pubs))
 		}
 		if len(pubs) < batch {
 			return

@@ -245,11 +245,20 @@ func (s *Store) RenewDesired(ctx context.Context, horizon, now time.Time, ttl ti
 // reissue gives each active device of ids, one transaction each, the next
 // version of its document with the same target, when still needed (as need says
 // of its current document once locked: another writer may have re-issued it
-// meanwhile). The new document takes the account's policy as it stands.
+// meanwhile). The new document takes the account's policy as it stands. A
+// device that fails does not stop the others: the errors are returned together
+// (at most a few), after the documents that were made.
 func (s *Store) reissue(ctx context.Context, ids []string, now time.Time, ttl time.Duration, sign SignFunc, need func(prev DesiredState) bool) ([]Publication, error) {
 	var pubs []Publication
+	var errs []error
 	for _, id := range ids {
+		if ctx.Err() != nil {
+			errs = append(errs, ctx.Err())
+			break
+		}
+		var pub *Publication
 		err := s.tx(ctx, func(tx *sql.Tx) (bool, error) {
+			pub = nil
 			d, err := s.device(ctx, tx, "", id)
 			if err != nil || d.Status != StatusActive {
 				return false, err
@@ -259,18 +268,19 @@ func (s *Store) reissue(ctx context.Context, ids []string, now time.Time, ttl ti
 				return false, err
 			}
 			// A device without a document gets its first: a new target (an empty one).
-			pub, err := s.writeDesired(ctx, tx, prev, DesiredChange{Account: d.AccountID, Device: id, Target: prev.Target, Now: now, TTL: ttl, Sign: sign},
+			p, err := s.writeDesired(ctx, tx, prev, DesiredChange{Account: d.AccountID, Device: id, Target: prev.Target, Now: now, TTL: ttl, Sign: sign},
 				prev.Version == 0)
-			if err == nil {
-				pubs = append(pubs, pub)
-			}
+			pub = &p
 			return false, err
 		})
-		if err != nil {
-			return pubs, err
+		switch {
+		case err != nil && len(errs) < 5:
+			errs = append(errs, fmt.Errorf("device %s: %w", id, err))
+		case err == nil && pub != nil: // only a committed document is ever published
+			pubs = append(pubs, *pub)
 		}
 	}
-	return pubs, nil
+	return pubs, errors.Join(errs...)
 }
 
 // SyncDevModePolicy issues a new document, same target, to each active device

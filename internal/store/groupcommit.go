@@ -102,6 +102,12 @@ func (c *committer) run() {
 
 // commit runs group in one transaction and hands each message its outcome.
 func (c *committer) commit(group []*deviceOp) {
+	s := c.s
+	// The store's other writers take turns with the groups. The messages are
+	// taken only once the lock is held: while a long transaction holds it,
+	// their callers may still give up.
+	s.writeLock <- struct{}{}
+	defer func() { <-s.writeLock }()
 	live := group[:0]
 	for _, op := range group {
 		if op.state.CompareAndSwap(opQueued, opTaken) { // its caller gave up meanwhile otherwise
@@ -114,9 +120,6 @@ func (c *committer) commit(group []*deviceOp) {
 	if n := int64(len(live)); n > c.largest.Load() {
 		c.largest.Store(n)
 	}
-	s := c.s
-	s.writeLock <- struct{}{} // the store's other writers take turns with the groups
-	defer func() { <-s.writeLock }()
 	// The group's statements run on contexts that are never cancelled: on
 	// SQLite, cancelling a statement inside a transaction can roll the whole
 	// transaction back, the other messages' work with it. A caller's context
@@ -198,5 +201,12 @@ func (s *Store) deviceTx(ctx context.Context, fn func(ctx context.Context, tx *s
 			return ctx.Err()
 		}
 		return <-op.done // taken: its outcome comes with its group's commit
+	case <-s.committer.done:
+		// Closed after it queued (close drains the queue once, and a message
+		// may land after that): it never runs unless already taken.
+		if op.state.CompareAndSwap(opQueued, opAbandoned) {
+			return errStoreClosed
+		}
+		return <-op.done
 	}
 }

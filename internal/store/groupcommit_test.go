@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tern-iot/tern/internal/link"
 	"github.com/tern-iot/tern/internal/store"
@@ -114,5 +115,43 @@ func TestDeviceMessagesCommittedTogetherStayIndependent(t *testing.T) {
 	}
 	if reported[gone] != 0 {
 		t.Errorf("decommissioned device: %d reported events", reported[gone])
+	}
+}
+
+// TestDeviceMessagesDuringCloseAllReturn: messages that arrive while the store
+// closes get an answer (stored, or an error), none waits for ever.
+func TestDeviceMessagesDuringCloseAllReturn(t *testing.T) {
+	ctx := context.Background()
+	s, err := store.Open(ctx, "sqlite://"+filepath.Join(t.TempDir(), "tern.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed(t, s, "a1")
+	token(t, s, "a1", "tok", nil)
+	d, err := enroll(s, "tok", "d1", t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	closed := make(chan struct{})
+	for k := range 400 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.Report(ctx, d.ID, []byte(fmt.Sprintf(`{"k":%d}`, k)), t0) // context.Background: no deadline to save it
+			<-closed
+			for j := range 5 { // and after Close
+				s.Report(ctx, d.ID, []byte(fmt.Sprintf(`{"k":%d,"j":%d}`, k, j)), t0)
+			}
+		}()
+	}
+	s.Close()
+	close(closed)
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("device messages still waiting 20 s after Close")
 	}
 }

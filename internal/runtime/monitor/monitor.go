@@ -284,6 +284,7 @@ func (m *monitor) create() (stdout, stderr *os.File, pid int, err error) {
 		msg, _ := io.ReadAll(io.LimitReader(errR, 4096))
 		outR.Close()
 		errR.Close()
+		m.runcCmd("delete", "--force", m.ID) // whatever runc left (it cleans up after itself, normally)
 		return nil, nil, 0, errors.New("runc run: " + err.Error() + ": " + string(bytes.TrimSpace(msg)))
 	}
 	b, err := os.ReadFile(pidFile)
