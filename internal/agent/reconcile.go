@@ -114,24 +114,12 @@ type desiredRecord struct {
 	// rebooted into it, and the document, delivered again, must report how that
 	// ended rather than start it over.
 	OSTried bool `json:"os_tried,omitempty"`
-	// Target identifies what the document asks for (targetKey). A newer
-	// document with the same target - the server renewing its expiry, or
-	// re-issuing it to carry the account's policy - is not carried out again:
-	// an update that rolled back is not retried behind the operator's back,
-	// and an OS trial is not started over.
-	Target string `json:"target,omitempty"`
-}
-
-// targetKey identifies a document's target: its packages, campaign and release.
-func targetKey(d *link.Desired) string {
-	b, _ := json.Marshal(struct {
-		Apps     []link.DesiredPackage `json:"apps"`
-		OS       *link.DesiredPackage  `json:"os"`
-		Campaign string                `json:"campaign"`
-		Release  string                `json:"release"`
-	}{d.Apps, d.OS, d.Campaign, d.Release})
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
+	// Since is the version that set the target of the document (link.Desired.Since).
+	// A newer document with the same Since - the server renewing its expiry,
+	// or re-issuing it to carry the account's policy - is not carried out
+	// again: an update that rolled back is not retried behind the operator's
+	// back, and an OS trial is not started over.
+	Since uint64 `json:"since,omitempty"`
 }
 
 var keyDesired = []byte("desired")
@@ -188,19 +176,18 @@ func (a *Agent) reconcile(ctx context.Context, mg *manager, payload []byte) {
 		a.log.Error("desired state: developer-mode policy", "err", err)
 		return
 	}
-	target := targetKey(d)
-	sameTarget := rec.Target != "" && rec.Target == target
+	sameTarget := d.Since != 0 && rec.Since == d.Since
 	if sameTarget && rec.Done {
 		// Renewed or re-issued: carried out already (applied or rolled back,
 		// and reported). Only its version is new.
-		if err := a.store.saveDesired(desiredRecord{Version: d.Version, Campaign: d.Campaign, Target: target, Done: true}); err != nil {
+		if err := a.store.saveDesired(desiredRecord{Version: d.Version, Campaign: d.Campaign, Since: d.Since, Done: true}); err != nil {
 			a.log.Error("desired state", "err", err)
 		}
 		a.log.Debug("desired state renewed: same target, already carried out", "version", d.Version)
 		return
 	}
 	osTried := (rec.Version == d.Version || sameTarget) && rec.OSTried
-	if err := a.store.saveDesired(desiredRecord{Version: d.Version, Campaign: d.Campaign, Target: target, OSTried: osTried}); err != nil {
+	if err := a.store.saveDesired(desiredRecord{Version: d.Version, Campaign: d.Campaign, Since: d.Since, OSTried: osTried}); err != nil {
 		a.log.Error("desired state", "err", err)
 		return
 	}
@@ -228,7 +215,7 @@ func (a *Agent) reconcile(ctx context.Context, mg *manager, payload []byte) {
 		return
 	}
 	report(state, err)
-	if err := a.store.saveDesired(desiredRecord{Version: d.Version, Campaign: d.Campaign, Target: target, Done: true}); err != nil {
+	if err := a.store.saveDesired(desiredRecord{Version: d.Version, Campaign: d.Campaign, Since: d.Since, Done: true}); err != nil {
 		a.log.Error("desired state", "err", err)
 	}
 }

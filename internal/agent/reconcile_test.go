@@ -325,7 +325,8 @@ func TestReconcileOSUpdateReportsItsOutcomeAfterTheReboot(t *testing.T) {
 }
 
 // TestRenewedDocumentIsNotCarriedOutAgain: the server renews a document (same
-// target, new version and expiry) or re-issues it to carry the account's policy.
+// target - the same Since - new version and expiry) or re-issues it to carry the
+// account's policy.
 // An update that rolled back is not retried by that, and nothing is reported
 // for the new version: its outcome is the one already reported.
 func TestRenewedDocumentIsNotCarriedOutAgain(t *testing.T) {
@@ -337,7 +338,13 @@ func TestRenewedDocumentIsNotCarriedOutAgain(t *testing.T) {
 	if ev := r.outcome(t, 1); ev.State != link.DesiredApplied {
 		t.Fatalf("outcome %+v", ev)
 	}
-	r.offer(t, link.DesiredPackage{Name: "hello", Version: "2.0.0", Manifest: bad})
+	r.version++
+	env, err := link.SignDesired(&link.Desired{Device: "dev-1", Version: 2, Since: 2, Expires: time.Now().Add(time.Hour), Campaign: "c1",
+		Apps: []link.DesiredPackage{{Name: "hello", Version: "2.0.0", Manifest: bad}}}, r.director)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.e.agent.OfferDesired(env)
 	if ev := r.outcome(t, 2); ev.State != link.DesiredRolledBack {
 		t.Fatalf("outcome %+v", ev)
 	}
@@ -345,14 +352,21 @@ func TestRenewedDocumentIsNotCarriedOutAgain(t *testing.T) {
 	evs, _ := r.e.agent.Events(0)
 	before := len(evs)
 
-	// Version 3: the same target, renewed; then version 4 carries the policy.
-	r.offer(t, link.DesiredPackage{Name: "hello", Version: "2.0.0", Manifest: bad})
-	waitFor(t, "version 3 accepted", 10*time.Second, func() bool { v, done := r.e.agent.DesiredVersion(); return v == 3 && done })
-	r.version++
-	env, _ := link.SignDesired(&link.Desired{Device: "dev-1", Version: r.version, Expires: time.Now().Add(time.Hour), Campaign: "c1",
-		Apps: []link.DesiredPackage{{Name: "hello", Version: "2.0.0", Manifest: bad}}, DevMode: link.DevModeDeny}, r.director)
-	r.e.agent.OfferDesired(env)
-	waitFor(t, "version 4 accepted", 10*time.Second, func() bool { v, done := r.e.agent.DesiredVersion(); return v == 4 && done })
+	// Version 3: the target of version 2, renewed; then version 4 carries the
+	// policy. Both say the target was set at version 2.
+	renew := func(devmode string) {
+		t.Helper()
+		r.version++
+		env, err := link.SignDesired(&link.Desired{Device: "dev-1", Version: r.version, Since: 2, Expires: time.Now().Add(time.Hour), Campaign: "c1",
+			Apps: []link.DesiredPackage{{Name: "hello", Version: "2.0.0", Manifest: bad}}, DevMode: devmode}, r.director)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.e.agent.OfferDesired(env)
+		waitFor(t, "the renewal accepted", 10*time.Second, func() bool { v, done := r.e.agent.DesiredVersion(); return v == r.version && done })
+	}
+	renew("")
+	renew(link.DevModeDeny)
 	if st, _ := r.e.agent.DevStatus(); !st.Denied {
 		t.Fatalf("the policy of version 4 was not applied: %+v", st)
 	}
@@ -367,5 +381,13 @@ func TestRenewedDocumentIsNotCarriedOutAgain(t *testing.T) {
 	}
 	if len(r.srv.fetched) != fetched {
 		t.Fatalf("a renewal downloaded again: %v", r.srv.fetched)
+	}
+	// The same packages as a new target (Since = its version): carried out.
+	r.version++
+	env, _ = link.SignDesired(&link.Desired{Device: "dev-1", Version: r.version, Since: r.version, Expires: time.Now().Add(time.Hour), Campaign: "c2",
+		Apps: []link.DesiredPackage{{Name: "hello", Version: "2.0.0", Manifest: bad}}}, r.director)
+	r.e.agent.OfferDesired(env)
+	if ev := r.outcome(t, r.version); ev.State != link.DesiredRolledBack {
+		t.Fatalf("a new target with the same packages: %+v", ev)
 	}
 }

@@ -42,6 +42,11 @@ type Desired struct {
 	OS       *DesiredPackage  `json:"os,omitempty"`
 	Campaign string           `json:"campaign,omitempty"` // the campaign that set it, echoed in reports
 	Release  string           `json:"release,omitempty"`
+	// Since is the version that set this document's target. A later version
+	// with the same Since only renews the document (its expiry, the account's
+	// policy): a device that carried out that target does not do it again.
+	// 0 (from an older server): every version is a new target.
+	Since uint64 `json:"since,omitempty"`
 	// DevMode is the account's developer-mode policy: DevModeDeny turns
 	// developer mode off on the device and makes it refuse `dev enable` until a
 	// later document no longer says so. Empty: the device decides locally.
@@ -105,6 +110,8 @@ func VerifyDesired(data []byte, director trust.PublicKey, id string, lastVersion
 		return nil, fmt.Errorf("%w: version %d, last accepted %d", ErrDesiredStale, d.Version, lastVersion)
 	case !now.Before(d.Expires):
 		return nil, fmt.Errorf("%w: at %s", ErrDesiredExpired, d.Expires.Format(time.RFC3339))
+	case d.Since > d.Version:
+		return nil, fmt.Errorf("%w: target since version %d, after the document's %d", ErrDesiredMalformed, d.Since, d.Version)
 	case d.DevMode != "" && d.DevMode != DevModeDeny:
 		return nil, fmt.Errorf("%w: devmode %q", ErrDesiredMalformed, d.DevMode)
 	}

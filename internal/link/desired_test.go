@@ -45,6 +45,8 @@ func TestVerifyDesired(t *testing.T) {
 	dup.Apps = append(dup.Apps, dup.Apps[0])
 	badPolicy := doc(5)
 	badPolicy.DevMode = "sometimes"
+	sinceAfter := doc(5)
+	sinceAfter.Since = 6
 	deny := doc(5)
 	deny.DevMode = DevModeDeny
 	if d, err := VerifyDesired(sign(deny, director), director.Public(), "d-1", 4, t0); err != nil || d.DevMode != DevModeDeny {
@@ -63,6 +65,7 @@ func TestVerifyDesired(t *testing.T) {
 		{"expired", sign(expired, director), 0, ErrDesiredExpired},
 		{"repeated package", sign(dup, director), 0, ErrDesiredMalformed},
 		{"unknown devmode policy", sign(badPolicy, director), 0, ErrDesiredMalformed},
+		{"target set after the document", sign(sinceAfter, director), 0, ErrDesiredMalformed},
 		{"garbage", []byte("{"), 0, ErrDesiredMalformed},
 	}
 	for _, tc := range cases {

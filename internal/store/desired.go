@@ -191,7 +191,11 @@ func (s *Store) writeDesired(ctx context.Context, tx *sql.Tx, prev DesiredState,
 	if err := tx.QueryRowContext(ctx, s.q(`SELECT devmode FROM accounts WHERE id = ?`), c.Account).Scan(&policy); err != nil {
 		return Publication{}, notFound(err, "account", c.Account)
 	}
-	doc := &link.Desired{Device: c.Device, Version: v, Expires: c.Now.Add(c.TTL).UTC().Truncate(time.Second), Apps: apps, OS: c.Target.OS,
+	since := prev.TargetSince
+	if newTarget {
+		since = v
+	}
+	doc := &link.Desired{Device: c.Device, Version: v, Since: since, Expires: c.Now.Add(c.TTL).UTC().Truncate(time.Second), Apps: apps, OS: c.Target.OS,
 		Campaign: c.Target.Campaign, Release: c.Target.ReleaseName}
 	if policy == DevModeDeny {
 		doc.DevMode = link.DevModeDeny

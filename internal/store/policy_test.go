@@ -60,10 +60,11 @@ func TestDevModePolicyReachesEveryDeviceOfTheAccount(t *testing.T) {
 		if len(got) != 2 || got[bare.ID] == nil || got[withApp.ID] == nil || got[other.ID] != nil {
 			t.Fatalf("deny re-issued for %v", keys(got))
 		}
-		if d := got[bare.ID]; d.DevMode != link.DevModeDeny || len(d.Apps) != 0 || d.Version != 1 {
+		if d := got[bare.ID]; d.DevMode != link.DevModeDeny || len(d.Apps) != 0 || d.Version != 1 || d.Since != 1 {
 			t.Fatalf("device without a release: %+v", d)
 		}
-		if d := got[withApp.ID]; d.DevMode != link.DevModeDeny || len(d.Apps) != 1 || d.Apps[0].Name != "alpha" || d.Version != 2 {
+		// Re-issued, the same target: Since still names the version that set it.
+		if d := got[withApp.ID]; d.DevMode != link.DevModeDeny || len(d.Apps) != 1 || d.Apps[0].Name != "alpha" || d.Version != 2 || d.Since != 1 {
 			t.Fatalf("device with a release: %+v", d)
 		}
 		if got := sync(); len(got) != 0 {
@@ -78,7 +79,7 @@ func TestDevModePolicyReachesEveryDeviceOfTheAccount(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d, err := link.VerifyDesired(p.Envelope, pub, withApp.ID, 0, t0); err != nil || d.DevMode != link.DevModeDeny {
+		if d, err := link.VerifyDesired(p.Envelope, pub, withApp.ID, 0, t0); err != nil || d.DevMode != link.DevModeDeny || d.Since != d.Version {
 			t.Fatalf("new target under deny: %+v %v", d, err)
 		}
 		// A device enrolled under the policy.
