@@ -41,14 +41,23 @@ volumes: [{name: data, path: /data, size: 16Mi}]
 // get fetches a URL path from an app, from inside its network namespace.
 func get(t *testing.T, pid int, path string) string {
 	t.Helper()
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (netConn, error) { return dialInNetns(ctx, pid, 8080) }}
-	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://localhost:8080" + path)
+	body, err := tryGet(pid, path)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return body
+}
+
+// tryGet asks the app whose init is pid, on port 8080 of its network namespace.
+func tryGet(pid int, path string) (string, error) {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (netConn, error) { return dialInNetns(ctx, pid, 8080) }}
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://localhost:8080" + path)
+	if err != nil {
+		return "", err
+	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return string(body)
+	body, err := io.ReadAll(resp.Body)
+	return string(body), err
 }
 
 func TestInstalledAppRunsAnswersAndIsHealthy(t *testing.T) {
@@ -166,7 +175,9 @@ func TestRestartedAgentAdoptsRunningContainers(t *testing.T) {
 	if st.State != StateRunning || st.Pid != pid {
 		t.Fatalf("after ternd restart: %+v, want running pid %d", st, pid)
 	}
-	if got := get(t, pid, "/"); !strings.HasPrefix(got, "hi from hello") {
+	var got string
+	waitFor(t, "the adopted hello to answer", 10*time.Second, func() bool { var err error; got, err = tryGet(pid, "/"); return err == nil })
+	if !strings.HasPrefix(got, "hi from hello") {
 		t.Fatalf("adopted hello answered %q", got)
 	}
 	// The adopted container is still supervised: a crash is noticed and restarted.

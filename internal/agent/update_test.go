@@ -28,11 +28,21 @@ health: {http: {port: 8080, path: /healthz}, interval: 100ms, timeout: 100ms, re
 `+extra)
 }
 
+// answer is hello's answer once it listens: running means its process was
+// started, not that it has bound its port yet.
 func (e *testEnv) answer(t *testing.T) string {
 	t.Helper()
-	var st AppStatus
-	waitFor(t, "hello running", 20*time.Second, func() bool { st = e.status("hello"); return st.Pid != 0 && st.State == StateRunning })
-	return get(t, st.Pid, "/")
+	var body string
+	waitFor(t, "hello answering", 20*time.Second, func() bool {
+		st := e.status("hello")
+		if st.Pid == 0 || st.State != StateRunning {
+			return false
+		}
+		var err error
+		body, err = tryGet(st.Pid, "/")
+		return err == nil
+	})
+	return body
 }
 
 func TestUpdateCommitsAfterProbationAndKeepsPrevious(t *testing.T) {
