@@ -127,7 +127,7 @@ func (c *committer) commit(group []*deviceOp) {
 	bg := context.Background()
 	tx, err := s.db.BeginTx(bg, nil)
 	if err != nil {
-		fail(live, err)
+		reply(live, err)
 		return
 	}
 	var ok []*deviceOp
@@ -135,8 +135,8 @@ func (c *committer) commit(group []*deviceOp) {
 	for i, op := range live {
 		if _, err := tx.ExecContext(bg, `SAVEPOINT device_op`); err != nil {
 			tx.Rollback()
-			fail(ok, err)
-			fail(live[i:], err)
+			reply(ok, err)
+			reply(live[i:], err)
 			return
 		}
 		ev, err := op.fn(context.WithoutCancel(op.ctx), tx)
@@ -146,9 +146,9 @@ func (c *committer) commit(group []*deviceOp) {
 			// savepoint is gone: the group fails as one.
 			if _, rerr := tx.ExecContext(bg, `ROLLBACK TO device_op`); rerr != nil {
 				tx.Rollback()
-				fail(ok, rerr)
+				reply(ok, rerr)
 				op.done <- err
-				fail(live[i+1:], rerr)
+				reply(live[i+1:], rerr)
 				return
 			}
 			op.done <- err
@@ -158,20 +158,20 @@ func (c *committer) commit(group []*deviceOp) {
 		}
 		if _, err := tx.ExecContext(bg, `RELEASE device_op`); err != nil {
 			tx.Rollback()
-			fail(ok, err)
-			fail(live[i+1:], err)
+			reply(ok, err)
+			reply(live[i+1:], err)
 			return
 		}
 	}
 	err = tx.Commit()
-	fail(ok, err) // nil: committed
+	reply(ok, err) // nil: committed
 	if err == nil && event {
 		s.notify()
 	}
 }
 
-// fail hands err (nil for success) to each op.
-func fail(ops []*deviceOp, err error) {
+// reply hands each op its outcome: err, nil when committed.
+func reply(ops []*deviceOp, err error) {
 	for _, op := range ops {
 		op.done <- err
 	}
