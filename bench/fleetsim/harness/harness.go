@@ -478,7 +478,7 @@ func (h *run) run(ctx context.Context) error {
 	for p := range procs {
 		from, to := p*o.Devices/procs, (p+1)*o.Devices/procs
 		wc := wcfg
-		wc.Dirs = dirs[from:to]
+		wc.Dirs, wc.First = dirs[from:to], from
 		wc.Log = exe != nil
 		w, err := startWorker(ctx, wc, from, to, exe, filepath.Join(h.dir, fmt.Sprintf("worker%d.log", p)), h.tr.onWorker)
 		if err != nil {

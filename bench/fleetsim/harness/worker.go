@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	mrand "math/rand/v2"
 	"os"
 	"os/exec"
@@ -30,7 +31,8 @@ import (
 
 // WorkerConfig is the first line a worker reads.
 type WorkerConfig struct {
-	Dirs         []string      `json:"dirs"` // the devices' identity directories (provisioned)
+	Dirs         []string      `json:"dirs"`  // the devices' identity directories (provisioned)
+	First        int           `json:"first"` // the fleet index of Dirs[0] (for an exact failing share)
 	KeepAlive    uint16        `json:"keepalive"`
 	ReportEvery  time.Duration `json:"report_every"`
 	Heartbeat    time.Duration `json:"heartbeat"`
@@ -88,7 +90,7 @@ func Worker(ctx context.Context, in io.Reader, out io.Writer) error {
 				if i >= len(devs) {
 					return
 				}
-				d, err := newDevice(ctx, cfg, cfg.Dirs[i], w)
+				d, err := newDevice(ctx, cfg, cfg.First+i, cfg.Dirs[i], w)
 				if err != nil {
 					select {
 					case errs <- fmt.Errorf("%s: %w", cfg.Dirs[i], err):
@@ -187,7 +189,7 @@ func heartbeats(ctx context.Context, devs []*fleetsim.Device, every time.Duratio
 	}
 }
 
-func newDevice(ctx context.Context, cfg WorkerConfig, dir string, w *lineWriter) (*fleetsim.Device, error) {
+func newDevice(ctx context.Context, cfg WorkerConfig, index int, dir string, w *lineWriter) (*fleetsim.Device, error) {
 	var id string
 	dc := fleetsim.Config{Dir: dir, ReportEvery: cfg.ReportEvery, KeepAlive: cfg.KeepAlive,
 		DownloadTime: cfg.DownloadTime, InMemory: true, CloseIdle: cfg.CloseIdle,
@@ -203,7 +205,7 @@ func newDevice(ctx context.Context, cfg WorkerConfig, dir string, w *lineWriter)
 	}
 	if cfg.FailRate > 0 {
 		dc.Fail = func(doc *link.Desired) string {
-			if fails(id, doc.Release, cfg.FailRate) {
+			if fails(index, doc.Release, cfg.FailRate) {
 				return "simulated failure: health check failed"
 			}
 			return ""
@@ -217,11 +219,15 @@ func newDevice(ctx context.Context, cfg WorkerConfig, dir string, w *lineWriter)
 	return d, nil
 }
 
-// fails decides, the same way every time, whether release fails on device id:
-// for a share rate of the devices.
-func fails(id, release string, rate float64) bool {
-	sum := sha256.Sum256([]byte(id + "\x00" + release))
-	return float64(binary.BigEndian.Uint64(sum[:8]))/float64(^uint64(0)) < rate
+// fails decides, the same way every time, whether release fails on the device
+// at index in the fleet. The failing devices are spread evenly over the indexes,
+// from an offset that depends on the release, so that any run of n devices holds
+// n*rate failures, rounded down or up: a fleet of 50 at 10% always has 5 (a
+// random draw per device would give none one run in 200).
+func fails(index int, release string, rate float64) bool {
+	sum := sha256.Sum256([]byte(release))
+	j := float64(index) + float64(binary.BigEndian.Uint32(sum[:4])%(1<<20))
+	return math.Floor((j+1)*rate) > math.Floor(j*rate)
 }
 
 // lineWriter writes messages as JSON lines from one goroutine, flushing when it
