@@ -154,7 +154,17 @@ stop_timeout: 1s
 		t.Fatalf("killed before the 1s grace period: %s", took)
 	}
 	// A cooperative app exits on SIGTERM with its own code.
+	// Wait until hello answers: only then has it set up its SIGTERM handler; a
+	// signal that lands while the process is still starting is a different case.
 	e.install(pkg(t, e.key, helloRoot(t), helloYAML))
+	waitFor(t, "hello to answer", 10*time.Second, func() bool {
+		pid := e.status("hello").Pid
+		if pid == 0 {
+			return false
+		}
+		_, err := tryGet(pid, "/")
+		return err == nil
+	})
 	if err := e.agent.Stop(e.ctx, "hello"); err != nil {
 		t.Fatal(err)
 	}
