@@ -69,6 +69,10 @@ type Agent struct {
 	keysMu sync.Mutex    // guards cfg.Keys, which enrollment extends
 	mgr    *manager      // set by Manage once enrolled (guarded by supsMu)
 	events chan struct{} // signalled when an event is recorded
+
+	// rebootIssued, set by InstallOS while its transaction runs (under mu), is
+	// closed once the reboot command has run: the moment to answer the caller.
+	rebootIssued chan struct{}
 }
 
 // New opens the agent's state in cfg.DataDir. Call Boot to adopt or start apps.

@@ -83,6 +83,7 @@ type testEnv struct {
 	agent  *Agent
 	ctx    context.Context
 	cancel context.CancelFunc
+	onNew  func(*Agent) // if set, called on each new agent before it boots
 }
 
 func newEnv(t *testing.T) *testEnv {
@@ -118,6 +119,9 @@ func (e *testEnv) start() {
 		e.t.Fatal(err)
 	}
 	a.backoffBase = 50 * time.Millisecond
+	if e.onNew != nil {
+		e.onNew(a)
+	}
 	if err := a.Boot(e.ctx); err != nil {
 		e.t.Fatal(err)
 	}

@@ -213,18 +213,24 @@ func (a *Agent) InstallOS(ctx context.Context, r io.Reader) (OSStatus, error) {
 	data, _ := json.Marshal(osChange{Slot: target, Manifest: *p.Manifest})
 	t := &update.Txn{ID: newTxnID(), Kind: update.KindOS, Probation: a.cfg.OS.Health.Timeout.D(),
 		Changes: []update.Change{{Name: "os", From: st.Slots[booted], To: p.Manifest.OS.Version, Data: data}}}
-	// The update reboots the device: run it in the background and answer now.
+	// The update reboots the device: run it in the background and answer as soon
+	// as the bootloader has been told and the reboot command has run (or the
+	// transaction has ended, with its error if it failed).
 	done := make(chan error, 1)
+	issued := make(chan struct{})
+	a.rebootIssued = issued
 	go func() {
 		defer a.mu.Unlock()
-		done <- a.runTxn(t, false)
+		err := a.runTxn(t, false)
+		a.rebootIssued = nil
+		done <- err
 	}()
 	select {
 	case err := <-done:
 		if err != nil {
 			return OSStatus{}, err
 		}
-	case <-time.After(time.Second):
+	case <-issued:
 	}
 	return a.OSStatus(ctx)
 }
@@ -315,12 +321,18 @@ func (w *slotWriter) WriteBlob(d app.Descriptor, r io.Reader) error {
 
 func hexDigest(h hash.Hash) string { return "sha256:" + hex.EncodeToString(h.Sum(nil)) }
 
-// reboot runs the configured reboot command, then waits to be killed by it.
+// reboot runs the configured reboot command, then waits to be killed by it. The
+// command should return once the reboot is under way (as systemctl reboot does):
+// InstallOS answers its caller then.
 func (a *Agent) reboot(ctx context.Context) error {
 	c := a.cfg.OS.RebootCommand
 	a.log.Info("rebooting", "command", c)
 	if out, err := exec.CommandContext(ctx, c[0], c[1:]...).CombinedOutput(); err != nil {
 		return fmt.Errorf("reboot: %v: %s", err, out)
+	}
+	if ch := a.rebootIssued; ch != nil {
+		a.rebootIssued = nil
+		close(ch)
 	}
 	<-ctx.Done()
 	return ctx.Err()

@@ -294,6 +294,9 @@ func TestOSUpdatePowerLossAtEveryState(t *testing.T) {
 				a.cfg.Crash = func(update.State) { a.cancel(); close(crashed) }
 			}
 			arm(r.e.agent)
+			// Every ternd started after a reboot is armed too, before it boots (and
+			// resumes the update).
+			r.e.onNew = arm
 			if tc.broken {
 				os.WriteFile(filepath.Join(r.e.cfg.DataDir, "volumes", "sensor", "data", "broken"), nil, 0o644)
 			}
@@ -309,7 +312,6 @@ func TestOSUpdatePowerLossAtEveryState(t *testing.T) {
 					if _, err := os.Stat(r.marker); err == nil {
 						os.Remove(r.marker)
 						r.powerCycle(t)
-						arm(r.e.agent)
 						if tc.broken && r.bootedSlot(t) == "a" {
 							os.Remove(filepath.Join(r.e.cfg.DataDir, "volumes", "sensor", "data", "broken"))
 						}
@@ -317,6 +319,7 @@ func TestOSUpdatePowerLossAtEveryState(t *testing.T) {
 					time.Sleep(10 * time.Millisecond)
 				}
 			}
+			r.e.onNew = nil
 			r.powerCycle(t) // the cut, right after the state was persisted
 			for i := 0; ; i++ {
 				st, err := r.e.agent.OSStatus(context.Background())
