@@ -69,6 +69,10 @@ type Config struct {
 	// CloseIdle closes the device's idle HTTPS connections once its downloads are
 	// done, as ternd does, instead of leaving them to the server's idle timeout.
 	CloseIdle bool
+	// MQTTURL, if set, is the broker the device connects to instead of the one
+	// named at enrollment: a deployment with several brokers in front of one
+	// server.
+	MQTTURL string
 	// OnEvent, if set, is called with each event as the device queues it (its
 	// Time is when the device decided it).
 	OnEvent func(link.EventMessage)
@@ -134,6 +138,9 @@ func New(ctx context.Context, cfg Config) (*Device, error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	if cfg.MQTTURL != "" {
+		id.MQTTURL = cfg.MQTTURL
 	}
 	d := &Device{cfg: cfg, log: cfg.Logger.With("device", id.DeviceID), id: id, ready: make(chan struct{}, 1), docs: make(chan []byte, 1),
 		st: state{Running: map[string]link.DesiredPackage{}, Previous: map[string]link.DesiredPackage{}}, have: map[string]struct{}{}}

@@ -49,6 +49,12 @@ type Options struct {
 	ServerURL, AdminKey, CAFingerprint string
 	ServerPID                          int
 
+	// Brokers, if above 0, puts that many Mosquitto brokers between the devices
+	// and the server, bridged to a central Mosquitto that the server uses as its
+	// external broker (--broker): past what one process holds connections for.
+	// Devices are spread over them by index. 0: the server's embedded broker.
+	Brokers int
+
 	// Dir holds the run's files (default a new temporary directory, removed at
 	// the end unless Keep).
 	Dir  string
@@ -194,6 +200,14 @@ type Report struct {
 	PeakFDs         int           `json:"peak_fds"`
 	StreamedByType  map[string]int
 	ServerExitError string `json:"server_exit,omitempty"`
+
+	// With Options.Brokers: the brokers (summed over the Mosquitto processes).
+	Brokers           string        `json:"brokers,omitempty"`
+	BrokerStormCPU    time.Duration `json:"broker_storm_cpu_ns,omitempty"`
+	BrokerIdleCPU     float64       `json:"broker_idle_cpu_cores,omitempty"`
+	BrokerRSS         int64         `json:"broker_rss,omitempty"` // connected, after the idle window
+	BrokerFDs         int           `json:"broker_fds,omitempty"` // the most held by one broker
+	BrokerCampaignCPU time.Duration `json:"broker_campaign_cpu_ns,omitempty"`
 }
 
 // CampaignReport is the campaign part of a run.
@@ -234,6 +248,7 @@ type run struct {
 	url    string
 	tr     *tracker
 	ws     []*worker
+	bt     *brokerTree
 	peakMu sync.Mutex
 	peak   procSample
 }
@@ -346,6 +361,7 @@ func (h *run) stop() {
 		go func() { defer wg.Done(); w.stop(10 * time.Second) }()
 	}
 	wg.Wait()
+	h.bt.stop()
 	h.pg.stop()
 }
 
@@ -398,8 +414,22 @@ func (h *run) run(ctx context.Context) error {
 			return errors.New("no tern binary to run the server (Options.Tern)")
 		}
 		h.progress("starting tern server (%s)", h.r.DB)
-		if h.srv, err = startServer(ctx, o.Tern, filepath.Join(h.dir, "server"), dbURL, o.ServerArgs); err != nil {
+		args, central := o.ServerArgs, ""
+		if o.Brokers > 0 {
+			if central, err = reserveBrokerPorts(); err != nil {
+				return err
+			}
+			args = append(append([]string{}, args...), "--broker", "mqtts://"+central)
+		}
+		if h.srv, err = startServer(ctx, o.Tern, filepath.Join(h.dir, "server"), dbURL, args); err != nil {
 			return err
+		}
+		if o.Brokers > 0 {
+			h.progress("starting %d Mosquitto brokers bridged to a central one", o.Brokers)
+			if h.bt, err = startBrokerTree(ctx, filepath.Join(h.dir, "brokers"), filepath.Join(h.dir, "server", "data"), central, o.Brokers); err != nil {
+				return err
+			}
+			h.r.Brokers = h.bt.describe()
 		}
 		h.url, admin, h.pid = h.srv.url, h.srv.admin, h.srv.pid()
 		h.r.ServerLog = h.srv.log
@@ -474,6 +504,9 @@ func (h *run) run(ctx context.Context) error {
 	h.r.Procs = procs
 	wcfg := WorkerConfig{KeepAlive: o.KeepAlive, ReportEvery: o.ReportEvery, Heartbeat: o.Heartbeat, DownloadTime: o.DownloadTime,
 		FailRate: o.FailRate, CloseIdle: o.CloseIdle}
+	if h.bt != nil {
+		wcfg.Brokers = h.bt.edges
+	}
 	h.progress("loading devices in %d worker(s)", procs)
 	for p := range procs {
 		from, to := p*o.Devices/procs, (p+1)*o.Devices/procs
@@ -506,7 +539,7 @@ func (h *run) run(ctx context.Context) error {
 	}
 
 	// The connect storm.
-	sPre, dPre := h.server(), h.db()
+	sPre, dPre, bPre := h.server(), h.db(), h.bt.sample()
 	h.progress("connecting %d devices (%s)", o.Devices, map[bool]string{true: "all at once", false: fmt.Sprintf("%.0f/s", o.ConnectRate)}[o.ConnectRate == 0])
 	h.resetPeak()
 	tStorm := time.Now()
@@ -534,8 +567,9 @@ func (h *run) run(ctx context.Context) error {
 		h.r.StormReported = h.tr.tReported.Sub(tStorm)
 	}
 	h.tr.mu.Unlock()
-	sPost, dPost := h.server(), h.db()
+	sPost, dPost, bPost := h.server(), h.db(), h.bt.sample()
 	h.r.StormServerCPU, h.r.StormDBCPU = sPost.CPU-sPre.CPU, dPost.CPU-dPre.CPU
+	h.r.BrokerStormCPU = bPost.CPU - bPre.CPU
 	if err != nil {
 		h.note("connect storm: %d of %d devices online after %s", h.r.StormOnlineN, o.Devices, time.Since(tStorm).Round(time.Second))
 		return fmt.Errorf("connect storm: %w", err)
@@ -544,14 +578,16 @@ func (h *run) run(ctx context.Context) error {
 
 	// Idle: keepalives only, then with heartbeats (reported-state changes).
 	sleep(ctx, o.Settle)
-	a, da := h.server(), h.db()
+	a, da, ba := h.server(), h.db(), h.bt.sample()
 	h.progress("measuring idle for %s (keepalives only)", o.IdleWindow)
 	sleep(ctx, o.IdleWindow)
-	b, db := h.server(), h.db()
+	b, db, bb := h.server(), h.db(), h.bt.sample()
 	if el := b.At.Sub(a.At).Seconds(); el > 0 {
 		h.r.IdleCPU = (b.CPU - a.CPU).Seconds() / el
 		h.r.IdleDBCPU = (db.CPU - da.CPU).Seconds() / el
+		h.r.BrokerIdleCPU = (bb.CPU - ba.CPU).Seconds() / el
 	}
+	h.r.BrokerRSS, h.r.BrokerFDs = bb.RSS, bb.FDs
 	h.r.RSSConnected, h.r.FDsConnected, h.r.DBPSS = b.RSS, b.FDs, db.RSS
 	h.r.PerDeviceBytes = (b.RSS - h.r.RSSEnrolled) / int64(o.Devices)
 	// A report burst: every device changes its reported state once (each
@@ -657,7 +693,7 @@ func (h *run) campaign(ctx context.Context, label string, pkg []byte) error {
 	h.tr.mu.Lock()
 	h.tr.campName = name
 	h.tr.mu.Unlock()
-	s0, d0 := h.server(), h.db()
+	s0, d0, b0 := h.server(), h.db(), h.bt.sample()
 	h.resetPeak()
 	h.progress("campaign %s: phases %s, %d KiB package, download %s, fail rate %.1f%%", name, strings.Join(o.Phases, ","),
 		len(pkg)>>10, o.DownloadTime, o.FailRate*100)
@@ -676,7 +712,8 @@ func (h *run) campaign(ctx context.Context, label string, pkg []byte) error {
 		}
 		return (ended == "completed" && out >= o.Devices) || (ended != "" && ended != "completed")
 	})
-	s1, d1 := h.server(), h.db()
+	s1, d1, b1 := h.server(), h.db(), h.bt.sample()
+	h.r.BrokerCampaignCPU = b1.CPU - b0.CPU
 	p := h.peakNow()
 	cr.ServerCPU, cr.DBCPU, cr.PeakRSS, cr.PeakFDs = s1.CPU-s0.CPU, d1.CPU-d0.CPU, p.RSS, p.FDs
 	h.tr.mu.Lock()

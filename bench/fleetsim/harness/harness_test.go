@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -16,12 +17,7 @@ func TestQuickRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a server and 50 devices")
 	}
-	tern := filepath.Join(t.TempDir(), "tern")
-	build := exec.Command("go", "build", "-o", tern, "./cmd/tern")
-	build.Dir = "../../.."
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/tern: %v\n%s", err, out)
-	}
+	tern := buildTern(t)
 	var progress strings.Builder
 	rep, err := Run(context.Background(), Options{Devices: 50, Tern: tern, Dir: t.TempDir(),
 		ReportEvery: 500 * time.Millisecond, Heartbeat: 5 * time.Second, IdleWindow: 2 * time.Second, Settle: 500 * time.Millisecond,
@@ -44,6 +40,56 @@ func TestQuickRun(t *testing.T) {
 	c := rep.Campaign
 	if c == nil || c.State != "completed" || c.Outcomes["applied"]+c.Outcomes["rolled_back"] != 50 || c.Outcomes["rolled_back"] != 5 ||
 		len(c.PhaseTimes) != 3 || c.Latency.N == 0 {
+		t.Fatalf("campaign: %+v", c)
+	}
+}
+
+func buildTern(t *testing.T) string {
+	t.Helper()
+	tern := filepath.Join(t.TempDir(), "tern")
+	build := exec.Command("go", "build", "-o", tern, "./cmd/tern")
+	build.Dir = "../../.."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/tern: %v\n%s", err, out)
+	}
+	return tern
+}
+
+// TestRunThroughBridgedBrokers runs a small fleet through two Mosquitto edge
+// brokers bridged to a central one that the server uses as its external broker:
+// presence, reports and a campaign's documents all cross the bridges.
+func TestRunThroughBridgedBrokers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server, three brokers and 40 devices")
+	}
+	if _, err := mosquittoBin(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	tern := buildTern(t)
+	var progress strings.Builder
+	rep, err := Run(context.Background(), Options{Devices: 40, Tern: tern, Dir: t.TempDir(), Brokers: 2,
+		ReportEvery: 500 * time.Millisecond, Heartbeat: -1, IdleWindow: time.Second, Settle: 500 * time.Millisecond,
+		Probes: 5, PackageSize: 4 << 10, DownloadTime: 100 * time.Millisecond, CloseIdle: true,
+		Timeout: 2 * time.Minute, Progress: &progress})
+	t.Log("\n" + rep.Table())
+	if err != nil {
+		t.Fatalf("%v\n%s", err, progress.String())
+	}
+	if rep.StormOnlineN != 40 || rep.Probe.N != 5 {
+		t.Errorf("storm: %d online; %d probes", rep.StormOnlineN, rep.Probe.N)
+	}
+	// 20 devices on each edge, one descriptor each (and some of its own).
+	if !strings.Contains(rep.Brokers, "2 Mosquitto edge brokers") || rep.BrokerRSS <= 0 || rep.BrokerFDs < 20 {
+		t.Errorf("brokers: %q, RSS %d, descriptors %d", rep.Brokers, rep.BrokerRSS, rep.BrokerFDs)
+	}
+	// The server holds no device connection: its broker is the central one.
+	if rep.FDsConnected >= 40 {
+		t.Errorf("the server holds %d descriptors with 40 devices connected elsewhere", rep.FDsConnected)
+	}
+	if c := rep.Campaign; c == nil || c.State != "completed" || c.Outcomes["applied"] != 40 || len(c.PhaseTimes) != 3 {
 		t.Fatalf("campaign: %+v", c)
 	}
 }

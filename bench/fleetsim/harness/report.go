@@ -86,6 +86,11 @@ func (r *Report) Table() string {
 			row("  reason", "%s", c.Reason)
 		}
 	}
+	if r.Brokers != "" {
+		row("brokers", "%s", r.Brokers)
+		row("  brokers' cost", "RSS %s connected (%.1f KiB per device), at most %d descriptors in one; CPU: storm %s, idle %.1f%% of a core, campaign %s",
+			mib(r.BrokerRSS), float64(r.BrokerRSS)/1024/float64(max(r.Devices, 1)), r.BrokerFDs, secs(r.BrokerStormCPU), r.BrokerIdleCPU*100, secs(r.BrokerCampaignCPU))
+	}
 	if r.SimRSS > 0 {
 		row("simulator", "RSS %s (%.0f KiB per device), CPU %s", mib(r.SimRSS), float64(r.SimRSS)/1024/float64(r.Devices), secs(r.SimCPU))
 	}

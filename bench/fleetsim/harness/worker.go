@@ -39,6 +39,9 @@ type WorkerConfig struct {
 	DownloadTime time.Duration `json:"download_time"`
 	FailRate     float64       `json:"fail_rate"`
 	CloseIdle    bool          `json:"close_idle"`
+	// Brokers, if set, are the MQTT URLs devices connect to: fleet index i uses
+	// Brokers[i % len(Brokers)].
+	Brokers []string `json:"brokers,omitempty"`
 	Log          bool          `json:"log"` // the devices' warnings to stderr (a worker process's log)
 }
 
@@ -199,6 +202,9 @@ func newDevice(ctx context.Context, cfg WorkerConfig, index int, dir string, w *
 			}
 		},
 		OnReport: func(_ uint64, at time.Time) { w.send(message{Ev: "report", ID: id, T: at.UnixNano()}) },
+	}
+	if len(cfg.Brokers) > 0 {
+		dc.MQTTURL = cfg.Brokers[index%len(cfg.Brokers)]
 	}
 	if cfg.Log {
 		dc.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

@@ -61,6 +61,7 @@ func main() {
 	flag.StringVar(&fp, "ca-fingerprint", "", "server CA fingerprint of -server (default: trust on first use)")
 	flag.IntVar(&o.ServerPID, "server-pid", 0, "process id of -server (on this machine), for its CPU and memory")
 	flag.Var((*argList)(&o.ServerArgs), "server-arg", "extra `tern server` argument (repeatable)")
+	flag.IntVar(&o.Brokers, "brokers", 0, "put this many Mosquitto brokers, bridged to a central one the server uses (--broker), between the devices and the server (0: the server's embedded broker)")
 	flag.StringVar(&dir, "dir", "", "working directory (default: a new temporary one, removed at the end unless -keep)")
 	flag.BoolVar(&keep, "keep", false, "keep the working directory (server data and log, devices, worker logs)")
 	flag.IntVar(&perProc, "per-proc", 8000, "most devices per worker process (a process holds < 20,000 descriptors here)")
@@ -126,6 +127,9 @@ func main() {
 		if o.PackageSize == 0 {
 			o.PackageSize = 16 << 10
 		}
+	}
+	if serverURL != "" && o.Brokers > 0 {
+		fatal(fmt.Errorf("-brokers starts the server itself: not with -server"))
 	}
 	if serverURL != "" && admin == "" {
 		fatal(fmt.Errorf("-server needs -admin"))
