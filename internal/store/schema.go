@@ -259,6 +259,11 @@ CREATE INDEX device_logs_received ON device_logs(received);
 ALTER TABLE accounts ADD COLUMN devmode TEXT NOT NULL DEFAULT 'allow';
 ALTER TABLE desired ADD COLUMN devmode TEXT NOT NULL DEFAULT 'allow';
 `,
+	// A campaign step reads its devices in position order: without this index,
+	// SQLite sorted every device of the campaign at every step.
+	`
+CREATE INDEX campaign_devices_position ON campaign_devices(campaign_id, position);
+`,
 }
 
 // migrate applies the migrations not yet applied. On PostgreSQL an advisory lock
