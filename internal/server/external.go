@@ -45,6 +45,9 @@ type externalBroker struct {
 // batches their writes as it does for the embedded broker's connections.
 const externalLanes = 64
 
+// laneDepth is how many messages wait in a lane.
+const laneDepth = 64
+
 // handle stores one device message, then acknowledges it to the broker: a
 // message the server did not store is delivered again after a reconnect.
 func (b *externalBroker) handle(pr paho.PublishReceived) {
@@ -70,7 +73,7 @@ type lanes struct {
 func newLanes(ctx context.Context, n int, handle func(paho.PublishReceived)) *lanes {
 	l := &lanes{ctx: ctx}
 	for range n {
-		ch := make(chan paho.PublishReceived, 64)
+		ch := make(chan paho.PublishReceived, laneDepth)
 		l.ch = append(l.ch, ch)
 		go func() {
 			for {
@@ -174,6 +177,16 @@ func (b *externalBroker) Start(ctx context.Context) error {
 		CleanStartOnInitialConnection: false,
 		SessionExpiryInterval:         3600, // messages published while the server is down wait for it
 		ReconnectBackoff:              func(n int) time.Duration { return min(500*time.Millisecond<<min(n, 6), 30*time.Second) },
+		// As many unacknowledged messages as the lanes hold, not the protocol's
+		// 65,535 (paho sizes its incoming queue by this).
+		ConnectPacketBuilder: func(cp *paho.Connect, _ *url.URL) (*paho.Connect, error) {
+			n := uint16(externalLanes * (laneDepth + 1))
+			if cp.Properties == nil {
+				cp.Properties = &paho.ConnectProperties{}
+			}
+			cp.Properties.ReceiveMaximum = &n
+			return cp, nil
+		},
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
 			b.s.log.Info("connected to external broker", "broker", b.u.Host)
 			b.s.runner.requestRepublish() // it may have lost its retained messages meanwhile
