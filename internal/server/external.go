@@ -145,6 +145,24 @@ func (b *externalBroker) writeBrokerFiles(ctx context.Context) error {
 	return nil
 }
 
+// MosquittoListener is the part of a Mosquitto configuration that serves devices
+// with the files a server with data directory dataDir writes under broker/: a
+// listener on hostport that requires a client certificate from a device CA, takes
+// its CN as username and client id, and applies the server's ACL.
+func MosquittoListener(dataDir, hostport string) string {
+	host, port, _ := net.SplitHostPort(hostport)
+	b := filepath.Join(dataDir, "broker")
+	return fmt.Sprintf(`listener %s %s
+cafile %s
+certfile %s
+keyfile %s
+require_certificate true
+use_identity_as_username true
+use_username_as_clientid true
+acl_file %s
+`, port, host, filepath.Join(b, "clients-ca.pem"), filepath.Join(b, "broker.crt"), filepath.Join(b, "broker.key"), filepath.Join(b, "acl"))
+}
+
 func (b *externalBroker) Start(ctx context.Context) error {
 	b.ctx = ctx
 	if err := b.writeBrokerFiles(ctx); err != nil {

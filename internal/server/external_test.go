@@ -3,7 +3,6 @@ package server_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -30,20 +29,7 @@ func startMosquitto(t *testing.T, dataDir, addr string) {
 			t.Skip("mosquitto not installed")
 		}
 	}
-	host, port, _ := net.SplitHostPort(addr)
-	b := filepath.Join(dataDir, "broker")
-	conf := fmt.Sprintf(`listener %s %s
-cafile %s
-certfile %s
-keyfile %s
-require_certificate true
-use_identity_as_username true
-use_username_as_clientid true
-acl_file %s
-persistence false
-user root
-log_dest stdout
-`, port, host, filepath.Join(b, "clients-ca.pem"), filepath.Join(b, "broker.crt"), filepath.Join(b, "broker.key"), filepath.Join(b, "acl"))
+	conf := server.MosquittoListener(dataDir, addr) + "persistence false\nuser root\nlog_dest stdout\n"
 	path := filepath.Join(t.TempDir(), "mosquitto.conf")
 	os.WriteFile(path, []byte(conf), 0o600)
 	var log bytes.Buffer

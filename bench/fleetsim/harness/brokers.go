@@ -14,6 +14,7 @@ import (
 
 	"github.com/tern-iot/tern/internal/link"
 	"github.com/tern-iot/tern/internal/loopback"
+	"github.com/tern-iot/tern/internal/server"
 )
 
 // brokerTree is the harness's external MQTT deployment for fleets larger than one
@@ -75,18 +76,7 @@ func startBrokerTree(ctx context.Context, dir, serverData, central string, n int
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	tlsListener := func(hostport string) string {
-		host, port, _ := net.SplitHostPort(hostport)
-		return fmt.Sprintf(`listener %s %s
-cafile %s
-certfile %s
-keyfile %s
-require_certificate true
-use_identity_as_username true
-use_username_as_clientid true
-acl_file %s
-`, port, host, filepath.Join(files, "clients-ca.pem"), filepath.Join(files, "broker.crt"), filepath.Join(files, "broker.key"), filepath.Join(files, "acl"))
-	}
+	tlsListener := func(hostport string) string { return server.MosquittoListener(serverData, hostport) }
 	// Queues unbounded and no inflight cap: a campaign sends one document per
 	// device through the central broker's bridges in a burst.
 	common := func(name string) string {

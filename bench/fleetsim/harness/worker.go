@@ -42,7 +42,7 @@ type WorkerConfig struct {
 	// Brokers, if set, are the MQTT URLs devices connect to: fleet index i uses
 	// Brokers[i % len(Brokers)].
 	Brokers []string `json:"brokers,omitempty"`
-	Log          bool          `json:"log"` // the devices' warnings to stderr (a worker process's log)
+	Log     bool     `json:"log"` // the devices' warnings to stderr (a worker process's log)
 }
 
 // command is a line from the harness to a worker.
