@@ -231,6 +231,11 @@ func (a *Agent) InstallOS(ctx context.Context, r io.Reader) (OSStatus, error) {
 			return OSStatus{}, err
 		}
 	case <-issued:
+	case <-time.After(rebootAnswerWait):
+		// A reboot command that does not return (or keeps its output open):
+		// answer anyway; the update goes on.
+	case <-ctx.Done():
+		return OSStatus{}, ctx.Err()
 	}
 	return a.OSStatus(ctx)
 }
@@ -320,6 +325,10 @@ func (w *slotWriter) WriteBlob(d app.Descriptor, r io.Reader) error {
 }
 
 func hexDigest(h hash.Hash) string { return "sha256:" + hex.EncodeToString(h.Sum(nil)) }
+
+// rebootAnswerWait bounds how long InstallOS waits for the reboot command to
+// return before it answers its caller.
+const rebootAnswerWait = 10 * time.Second
 
 // reboot runs the configured reboot command, then waits to be killed by it. The
 // command should return once the reboot is under way (as systemctl reboot does):

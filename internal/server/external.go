@@ -48,15 +48,35 @@ const externalLanes = 64
 // laneDepth is how many messages wait in a lane.
 const laneDepth = 64
 
-// handle stores one device message, then acknowledges it to the broker: a
-// message the server did not store is delivered again after a reconnect.
+// handle stores one device message, then acknowledges it to the broker. A
+// message that timed out waiting for the database is tried again (acknowledgements
+// go out in order, so leaving one out would hold up every later one); one the
+// server refuses (malformed, unknown device) is acknowledged and dropped; and
+// none is acknowledged once the server is stopping, so the broker delivers it
+// again after the restart.
 func (b *externalBroker) handle(pr paho.PublishReceived) {
 	if id, kind, ok := link.SplitTopic(pr.Packet.Topic); ok {
-		mctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
-		if err := b.s.deviceMessage(mctx, id, "", kind, pr.Packet.Payload); err != nil {
-			b.s.log.Warn("device message refused", "device", id, "kind", kind, "err", err)
+		for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+			mctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+			err := b.s.deviceMessage(mctx, id, "", kind, pr.Packet.Payload)
+			cancel()
+			if b.ctx.Err() != nil {
+				return
+			}
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, context.DeadlineExceeded) {
+				b.s.log.Warn("device message refused", "device", id, "kind", kind, "err", err)
+				break
+			}
+			b.s.log.Warn("device message not stored in time; trying again", "device", id, "kind", kind)
+			select {
+			case <-time.After(wait):
+			case <-b.ctx.Done():
+				return
+			}
 		}
-		cancel()
 	}
 	// After a reconnect the packet is no longer tracked (ErrPacketNotFound):
 	// the broker sends it again.
