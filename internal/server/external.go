@@ -243,6 +243,12 @@ func (b *externalBroker) Start(ctx context.Context) error {
 			ClientID: ServerClientCN,
 			// Messages are acknowledged once handled (stored), by the lanes.
 			EnableManualAcknowledgment: true,
+			OnClientError: func(err error) {
+				b.s.log.Warn("external broker connection lost", "broker", b.u.Host, "err", err)
+			},
+			OnServerDisconnect: func(d *paho.Disconnect) {
+				b.s.log.Warn("external broker disconnected the server", "broker", b.u.Host, "reason", fmt.Sprintf("0x%02x", d.ReasonCode))
+			},
 			OnPublishReceived:          []func(paho.PublishReceived) (bool, error){b.lanes.dispatch},
 		},
 	})
