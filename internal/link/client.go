@@ -107,7 +107,7 @@ func (c *Client) Run(ctx context.Context) error {
 			c.mu.Unlock()
 			will, _ := json.Marshal(StatusMessage{State: Offline, Session: session})
 			cp.WillMessage = &paho.WillMessage{Topic: statusTopic, Payload: will, QoS: 1, Retain: true}
-			receiveMaximum(cp, deviceReceiveMaximum)
+			SetReceiveMaximum(cp, deviceReceiveMaximum)
 			return cp, nil
 		},
 		OnConnectionUp: func(*autopaho.ConnectionManager, *paho.Connack) {
@@ -363,9 +363,9 @@ func (c *Client) sendLogs(ctx context.Context, cm *autopaho.ConnectionManager) {
 // connection, most of a simulated device's memory in the fleet simulator).
 const deviceReceiveMaximum = 16
 
-// receiveMaximum sets the CONNECT's Receive Maximum (MQTT 5), which paho also
+// SetReceiveMaximum sets the CONNECT's Receive Maximum (MQTT 5), which paho also
 // uses to size its queue of incoming messages.
-func receiveMaximum(cp *paho.Connect, n uint16) {
+func SetReceiveMaximum(cp *paho.Connect, n uint16) {
 	if cp.Properties == nil {
 		cp.Properties = &paho.ConnectProperties{}
 	}

@@ -218,11 +218,7 @@ func (b *externalBroker) Start(ctx context.Context) error {
 		// As many unacknowledged messages as the lanes hold, not the protocol's
 		// 65,535 (paho sizes its incoming queue by this).
 		ConnectPacketBuilder: func(cp *paho.Connect, _ *url.URL) (*paho.Connect, error) {
-			n := uint16(externalLanes * (laneDepth + 1))
-			if cp.Properties == nil {
-				cp.Properties = &paho.ConnectProperties{}
-			}
-			cp.Properties.ReceiveMaximum = &n
+			link.SetReceiveMaximum(cp, externalLanes*(laneDepth+1))
 			return cp, nil
 		},
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
@@ -249,7 +245,7 @@ func (b *externalBroker) Start(ctx context.Context) error {
 			OnServerDisconnect: func(d *paho.Disconnect) {
 				b.s.log.Warn("external broker disconnected the server", "broker", b.u.Host, "reason", fmt.Sprintf("0x%02x", d.ReasonCode))
 			},
-			OnPublishReceived:          []func(paho.PublishReceived) (bool, error){b.lanes.dispatch},
+			OnPublishReceived: []func(paho.PublishReceived) (bool, error){b.lanes.dispatch},
 		},
 	})
 	return err

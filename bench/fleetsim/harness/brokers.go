@@ -30,7 +30,6 @@ type brokerTree struct {
 	central string   // host:port of the central broker's TLS listener, for the server
 	edges   []string // mqtts:// URLs devices connect to
 	procs   []*exec.Cmd
-	logs    []string
 }
 
 // mosquittoBin finds Debian's mosquitto.
@@ -44,9 +43,9 @@ func mosquittoBin() (string, error) {
 	return "", errors.New("mosquitto not found (apt-get install mosquitto)")
 }
 
-// reserveBrokerPorts picks the central broker's TLS port before the server starts
+// reserveCentralAddr picks the central broker's TLS address before the server starts
 // (the server is told it, and writes the files the brokers need).
-func reserveBrokerPorts() (string, error) {
+func reserveCentralAddr() (string, error) {
 	p, err := loopback.LaterPort()
 	if err != nil {
 		return "", err
@@ -143,7 +142,6 @@ func (t *brokerTree) start(bin, dir, name, conf, addr string) error {
 		return err
 	}
 	t.procs = append(t.procs, cmd)
-	t.logs = append(t.logs, filepath.Join(dir, name+".log"))
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	for i := 0; ; i++ {
